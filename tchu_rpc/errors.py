@@ -1,0 +1,95 @@
+"""The exceptions tchu_rpc raises, all rooted at `TchuError`.
+
+```
+TchuError
+├── ConfigError (ValueError)        a setting or argument is invalid
+├── TopicError (ValueError)         a topic or binding pattern is invalid
+├── RegistryError (ValueError)      a handler cannot be registered as asked
+├── EncodeError (ValueError)        a value cannot be encoded for the wire
+├── DecodeError (ValueError)        a body cannot be decoded
+├── MessageTooLarge (ValueError)    a body exceeds `Settings.max_message_bytes`
+├── CallTimeout (TimeoutError)      no reply before the call's deadline
+├── NoRoute                         no queue is bound for the topic
+├── PublishFailed                   the broker refused (nacked) a message
+├── ConnectionLost (ConnectionError) the connection failed with the message in flight
+├── RemoteError                     the handler failed; carries type, message, code, details
+└── RpcError                        raised by a handler for a business error the caller should see
+```
+
+Errors from kombu, py-amqp and sockets are translated at the client's and worker's boundary; the
+original stays available as `__cause__`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TchuError(Exception):
+    """Base class of every error tchu_rpc raises."""
+
+
+class ConfigError(TchuError, ValueError):
+    """A setting or argument is invalid."""
+
+
+class TopicError(TchuError, ValueError):
+    """A topic or binding pattern is invalid."""
+
+
+class RegistryError(TchuError, ValueError):
+    """A handler cannot be registered as asked."""
+
+
+class EncodeError(TchuError, ValueError):
+    """A value cannot be encoded for the wire."""
+
+
+class DecodeError(TchuError, ValueError):
+    """A message body cannot be decoded."""
+
+
+class MessageTooLarge(TchuError, ValueError):
+    """A message body exceeds the configured size limit."""
+
+
+class CallTimeout(TchuError, TimeoutError):
+    """No reply arrived before the call's deadline."""
+
+
+class NoRoute(TchuError):
+    """No queue is bound for the topic on the exchange."""
+
+
+class PublishFailed(TchuError):
+    """The broker did not take responsibility for a message (nack or refused confirm)."""
+
+
+class ConnectionLost(TchuError, ConnectionError):
+    """The broker connection failed while the message or call was in flight."""
+
+
+class RemoteError(TchuError):
+    """The remote handler failed; `type`, `message`, `code` and `details` describe how."""
+
+    def __init__(
+        self, type: str, message: str, code: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(f"{type}: {message}" if message else type)
+        self.type = type
+        self.message = message
+        self.code = code
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type, self.message, self.code, self.details))
+
+
+class RpcError(TchuError):
+    """Raise from a handler to send the caller a business error with a code and details."""
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
