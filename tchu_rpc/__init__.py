@@ -1,0 +1,50 @@
+"""tchu_rpc: RPC and broadcast events for Python services on RabbitMQ, on kombu, without Celery."""
+
+from tchu_rpc.client import Client
+from tchu_rpc.config import Settings
+from tchu_rpc.delivery import Delivery, current_delivery
+from tchu_rpc.errors import (
+    CallTimeout,
+    ConfigError,
+    ConnectionLost,
+    DecodeError,
+    EncodeError,
+    MessageTooLarge,
+    NoRoute,
+    PublishFailed,
+    RegistryError,
+    RemoteError,
+    RpcError,
+    TchuError,
+    TopicError,
+)
+from tchu_rpc.registry import Handler, Registry, default_registry, subscribe
+from tchu_rpc.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallTimeout",
+    "Client",
+    "ConfigError",
+    "ConnectionLost",
+    "DecodeError",
+    "Delivery",
+    "EncodeError",
+    "Handler",
+    "MessageTooLarge",
+    "NoRoute",
+    "PublishFailed",
+    "Registry",
+    "RegistryError",
+    "RemoteError",
+    "RpcError",
+    "Settings",
+    "TchuError",
+    "TopicError",
+    "Worker",
+    "__version__",
+    "current_delivery",
+    "default_registry",
+    "subscribe",
+]

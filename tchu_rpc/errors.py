@@ -72,9 +72,7 @@ class ConnectionLost(TchuError, ConnectionError):
 class RemoteError(TchuError):
     """The remote handler failed; `type`, `message`, `code` and `details` describe how."""
 
-    def __init__(
-        self, type: str, message: str, code: str | None = None, details: Any = None
-    ) -> None:
+    def __init__(self, type: str, message: str, code: str | None = None, details: Any = None) -> None:
         super().__init__(f"{type}: {message}" if message else type)
         self.type = type
         self.message = message

@@ -1,0 +1,90 @@
+"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tchu_rpc import demo
+from tchu_rpc.client import Client
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import TchuError
+from tchu_rpc.log import configure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `tchu-rpc`."""
+    parser = argparse.ArgumentParser(prog="tchu-rpc", description=__doc__)
+    parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run worker processes for handler modules")
+    worker.add_argument("modules", nargs="+", help="modules (dotted names or .py files) to import")
+    worker.add_argument("--queue", required=True, help="the service's name (queue prefix)")
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes")
+    worker.add_argument("--call-threads", type=int, help="handler threads for calls per process")
+    worker.add_argument("--event-threads", type=int, help="handler threads for events per process")
+    worker.add_argument("--event-prefetch", type=int, help="unacked events per process")
+    _broker(worker)
+
+    for name, text in (
+        ("call", "call a topic and print the result"),
+        ("publish", "publish an event"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("topic")
+        cmd.add_argument("data", help="JSON value")
+        cmd.add_argument("--timeout", type=float)
+        _broker(cmd)
+
+    demo_cmd = sub.add_parser("demo", help="run the demo (memory:// unless --broker is given)")
+    demo_cmd.add_argument("--broker", default="memory://", help="broker URL (default memory://)")
+    return parser
+
+
+def _broker(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", help="broker URL (default: TCHU_RPC_BROKER_URL or local)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `tchu-rpc` with `argv`; return the exit code."""
+    args = build_parser().parse_args(argv)
+    configure(args.log_level if args.command == "worker" else "warning")
+    try:
+        return _dispatch(args)
+    except TchuError as exc:
+        print(f"tchu-rpc: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return demo.run(args.broker)
+    settings = Settings.from_env(
+        broker_url=args.broker,
+        call_concurrency=getattr(args, "call_threads", None),
+        event_concurrency=getattr(args, "event_threads", None),
+        event_prefetch=getattr(args, "event_prefetch", None),
+    )
+    if args.command == "worker":
+        from tchu_rpc.process import Supervisor, import_handlers
+
+        import_handlers(args.modules)  # fail fast here, before spawning children
+        return Supervisor(args.modules, args.queue, settings, args.concurrency, args.log_level).run()
+    data = _json(args.data)
+    with Client(settings=settings) as client:
+        if args.command == "call":
+            print(json.dumps(client.call(args.topic, data, timeout=args.timeout)))
+        else:
+            client.publish(args.topic, data, timeout=args.timeout)
+    return 0
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"tchu-rpc: data is not JSON: {exc}") from None

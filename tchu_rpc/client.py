@@ -1,0 +1,307 @@
+"""Client: publish events and make RPC calls; thread-safe, one connection, one I/O thread.
+
+Every thread may share one `Client`. Callers encode their message and hand it to the I/O thread,
+which publishes it on the channel that also consumes replies (RabbitMQ's direct reply-to requires
+the same channel). Requests are published `mandatory` with publisher confirms, so a call to a topic
+that no queue is bound to fails with `NoRoute` at once; replies are matched by correlation id.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent import futures
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from kombu import Connection, Consumer, Queue
+
+from tchu_rpc import topology, wire
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import (
+    CallTimeout,
+    ConnectionLost,
+    DecodeError,
+    NoRoute,
+    PublishFailed,
+    RemoteError,
+    TchuError,
+)
+from tchu_rpc.log import logger
+from tchu_rpc.loop import Loop, is_amqp
+from tchu_rpc.publisher import Publisher
+from tchu_rpc.registry import validate_topic
+
+_RECENT = 4096  # settled correlation ids remembered, to tell a duplicate reply from a stray one
+_GRACE = 5.0  # extra wait beyond a deadline before a caller stops trusting the I/O thread
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: futures.Future[Any]
+    kind: str  # "call" or "event"
+    topic: str
+    body: bytes
+    deadline: float  # time.monotonic()
+    sent: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Client:
+    """Publish events and call remote handlers over one broker connection.
+
+    Args:
+        url: broker URL; defaults to `settings.broker_url` (`TCHU_RPC_BROKER_URL`).
+        settings: all other knobs; defaults to `Settings.from_env()`.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+        settings = settings or Settings.from_env()
+        self.settings = settings.replace(broker_url=url) if url else settings
+        self._codec = wire.codec_for(self.settings.serializer)
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._publisher: Publisher | None = None
+        self._reply_to = ""
+        self._loop = Loop(
+            "tchu-client",
+            self.settings,
+            on_connect=self._connected,
+            on_lost=self._lost,
+            on_tick=self._expire,
+            wants_connection=lambda: bool(self._pending),
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+    def call(self, topic: str, data: Any, *, timeout: float | None = None) -> Any:
+        """Call the handler of `topic` with `data` and return its result.
+
+        Raises:
+            CallTimeout: no reply within `timeout` seconds.
+            NoRoute: no service is bound for `topic` on the calls exchange.
+            RemoteError: the handler (or the worker) failed; see its `type` and `message`.
+            ConnectionLost: the connection failed while the call was in flight.
+        """
+        future = self.call_async(topic, data, timeout=timeout)
+        return _wait(future, timeout or self.settings.call_timeout, topic)
+
+    def call_async(self, topic: str, data: Any, *, timeout: float | None = None) -> futures.Future[Any]:
+        """Start a call and return a future of its result; it fails by its deadline at the latest."""
+        return self._submit("call", topic, data, timeout or self.settings.call_timeout)
+
+    def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
+        """Broadcast an event and return once the broker confirmed it.
+
+        During an outage the client keeps trying until `timeout` (default
+        `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
+        silently. Events are persistent; every queue bound to a matching pattern gets a copy.
+        """
+        timeout = timeout or self.settings.publish_timeout
+        _wait(self._submit("event", topic, data, timeout), timeout, topic)
+
+    def close(self) -> None:
+        """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.stop()
+        self._fail_all(lambda p: ConnectionLost(f"client closed with {p.kind} {p.topic!r} pending"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        from tchu_rpc.log import mask_url
+
+        return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._pending)}>"
+
+    # -- caller threads -----------------------------------------------------------------------
+    def _submit(self, kind: str, topic: str, data: Any, timeout: float) -> futures.Future[Any]:
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        validate_topic(topic)
+        body = wire.encode(self._codec, data, self.settings.max_message_bytes)
+        message_id = uuid.uuid4().hex
+        future: futures.Future[Any] = futures.Future()
+        deadline = time.monotonic() + timeout
+        self._pending[message_id] = _Pending(future, kind, topic, body, deadline)
+        with self._lock:
+            heapq.heappush(self._deadlines, (deadline, message_id))
+        self._loop.start()
+        self._loop.submit(partial(self._send, message_id))
+        return future
+
+    # -- the I/O thread -----------------------------------------------------------------------
+    def _connected(self, conn: Connection) -> None:
+        channel = conn.channel()
+        for exchange in (
+            topology.events_exchange(self.settings),
+            topology.calls_exchange(self.settings),
+        ):
+            exchange(channel).declare()
+        self._publisher = Publisher(conn, channel, on_return=self._returned)
+        if is_amqp(conn):
+            queue = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
+        else:
+            queue = topology.reply_queue()
+        consumer = Consumer(channel, queues=[queue], no_ack=True, on_message=self._on_reply)
+        consumer.consume()
+        self._reply_to = queue.name
+        for message_id, pending in list(self._pending.items()):
+            if pending.kind == "event" and not pending.sent:
+                self._loop.submit(partial(self._send, message_id))
+
+    def _send(self, message_id: str) -> None:
+        pending = self._pending.get(message_id)
+        publisher = self._publisher
+        if pending is None or pending.sent or publisher is None:
+            return  # settled already, or waiting for the next connection
+        remaining = pending.deadline - time.monotonic()
+        if remaining <= 0:
+            return  # the tick expires it
+        headers: dict[str, Any] = {wire.HEADER_VERSION: wire.PROTOCOL_VERSION}
+        if pending.kind == "call":
+            headers[wire.HEADER_DEADLINE] = time.time() + remaining
+            publisher.publish(
+                pending.body,
+                exchange=self.settings.calls_exchange,
+                routing_key=pending.topic,
+                on_confirm=partial(self._confirmed, message_id),
+                mandatory=True,
+                delivery_mode=1,
+                expiration=remaining,
+                reply_to=self._reply_to,
+                correlation_id=message_id,
+                message_id=message_id,
+                content_type=self._codec.content_type,
+                content_encoding=self._codec.content_encoding,
+                headers=headers,
+            )
+        else:
+            publisher.publish(
+                pending.body,
+                exchange=self.settings.events_exchange,
+                routing_key=pending.topic,
+                on_confirm=partial(self._confirmed, message_id),
+                delivery_mode=2,
+                message_id=message_id,
+                content_type=self._codec.content_type,
+                content_encoding=self._codec.content_encoding,
+                headers=headers,
+            )
+        pending.sent = True
+
+    def _confirmed(self, message_id: str, ok: bool) -> None:
+        pending = self._pending.get(message_id)
+        if pending is None:
+            return
+        if not ok:
+            self._settle(message_id, PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}"))
+        elif pending.kind == "event":
+            self._settle(message_id, None)
+
+    def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
+        message_id = props.get("correlation_id") or props.get("message_id") or ""
+        self._settle(
+            message_id,
+            NoRoute(
+                f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} "
+                f"({text}); is a worker running with a call handler for it "
+                "(kind='call', or a topic starting with 'rpc.')?"
+            ),
+        )
+
+    def _on_reply(self, message: Any) -> None:
+        correlation_id = message.properties.get("correlation_id") or ""
+        pending = self._pending.get(correlation_id)
+        if pending is None or pending.kind != "call":
+            outcome = self._recent.get(correlation_id, "unknown")
+            logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
+            return
+        try:
+            codec = wire.codec_of(message.content_type)
+            reply = wire.decode_reply(codec, message.body)
+        except DecodeError as exc:
+            self._settle(correlation_id, exc)
+            return
+        if isinstance(reply, wire.Failure):
+            err = reply.error
+            self._settle(correlation_id, RemoteError(err.type, err.message, err.code, err.details))
+        else:
+            self._settle(correlation_id, reply.result)
+
+    def _settle(self, message_id: str, outcome: Any) -> None:
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return
+        self._recent[message_id] = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        logger.debug(
+            "call_settled" if pending.kind == "call" else "publish_settled",
+            topic=pending.topic,
+            correlation_id=message_id,
+            outcome=self._recent[message_id],
+            duration_ms=round((time.perf_counter() - pending.started) * 1000, 3),
+        )
+        try:
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+        except futures.InvalidStateError:
+            pass  # the caller cancelled the future
+
+    def _expire(self, now: float) -> float | None:
+        with self._lock:
+            deadlines = self._deadlines
+            due = []
+            while deadlines and deadlines[0][0] <= now:
+                due.append(heapq.heappop(deadlines)[1])
+            next_due = deadlines[0][0] if deadlines else None
+        for message_id in due:
+            pending = self._pending.get(message_id)
+            if pending is not None:
+                self._settle(message_id, self._expired(pending))
+        return next_due
+
+    def _expired(self, pending: _Pending) -> TchuError:
+        error = self._loop.last_error
+        if self._loop.connection is None and error is not None:
+            return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}: {error}")
+        if pending.kind == "event":
+            return PublishFailed(f"no confirm for event {pending.topic!r} before the deadline")
+        return CallTimeout(f"no reply to call {pending.topic!r} before the deadline")
+
+    def _lost(self, exc: BaseException) -> None:
+        self._publisher = None
+        for message_id, pending in list(self._pending.items()):
+            if not pending.sent:
+                continue
+            if pending.kind == "event":
+                pending.sent = False  # publish again once reconnected: at least once
+                continue
+            lost = ConnectionLost(f"connection lost while calling {pending.topic!r}: {exc}")
+            lost.__cause__ = exc
+            self._settle(message_id, lost)
+
+    def _fail_all(self, make_error: Any) -> None:
+        for message_id, pending in list(self._pending.items()):
+            self._settle(message_id, make_error(pending))
+
+
+def _wait(future: futures.Future[Any], timeout: float, topic: str) -> Any:
+    try:
+        return future.result(timeout + _GRACE)
+    except futures.TimeoutError:
+        raise CallTimeout(f"no answer for {topic!r}: the client's I/O thread is stuck") from None

@@ -1,0 +1,97 @@
+"""Settings: one frozen object with every knob; `Settings.from_env()` reads `TCHU_RPC_*` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from tchu_rpc.errors import ConfigError
+
+ENV_PREFIX = "TCHU_RPC_"
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+Serializer = Literal["json", "msgpack"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of clients and workers, with defaults fit for production.
+
+    Each field can be set from the environment as `TCHU_RPC_<FIELD>` (for example
+    `TCHU_RPC_BROKER_URL`, `TCHU_RPC_CALL_TIMEOUT=5`) through `Settings.from_env()`.
+    """
+
+    broker_url: str = DEFAULT_BROKER_URL
+    #: Topic exchange that carries broadcast events.
+    events_exchange: str = "tchu_events"
+    #: Topic exchange that carries RPC requests (its own lane, so calls never queue behind events).
+    calls_exchange: str = "tchu_rpc"
+    #: Wire format of bodies the client sends; workers answer in the format they were asked in.
+    serializer: Serializer = "json"
+    #: Default `call()` timeout in seconds.
+    call_timeout: float = 30.0
+    #: How long `publish()` waits for the broker's confirm, in seconds.
+    publish_timeout: float = 10.0
+    #: How long opening a connection may take, in seconds.
+    connect_timeout: float = 5.0
+    #: AMQP heartbeat in seconds (0 turns heartbeats off); a dead peer is noticed within 2x this.
+    heartbeat: float = 30.0
+    #: Handler threads for calls in one worker; each call channel prefetches exactly this many.
+    call_concurrency: int = 1
+    #: Handler threads for events in one worker.
+    event_concurrency: int = 1
+    #: Unacked events one worker may hold (events favour throughput over latency).
+    event_prefetch: int = 10
+    #: Largest body accepted on either side, in bytes.
+    max_message_bytes: int = 8 * 1024 * 1024
+    #: How long a stopping worker lets in-flight messages finish before it lets them be redelivered.
+    shutdown_grace: float = 30.0
+    #: First and largest pause between reconnection attempts, in seconds.
+    reconnect_delay: float = 0.2
+    reconnect_delay_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        positive = ("call_timeout", "publish_timeout", "connect_timeout", "max_message_bytes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("call_concurrency", "event_concurrency", "event_prefetch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.heartbeat < 0 or self.shutdown_grace < 0:
+            raise ConfigError("heartbeat and shutdown_grace must not be negative")
+        if self.serializer not in ("json", "msgpack"):
+            raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
+        if not self.broker_url:
+            raise ConfigError("broker_url must not be empty")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `TCHU_RPC_*` variables, then apply explicit overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _convert(field.name, field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a {kind}") from exc
+    return raw

@@ -1,0 +1,89 @@
+"""The demo: two services, a call, an error and one event reaching both, on memory:// or a broker."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+from kombu import Connection
+
+from tchu_rpc.client import Client
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import RemoteError, RpcError
+from tchu_rpc.log import mask_url
+from tchu_rpc.registry import Registry
+from tchu_rpc.worker import Worker
+
+USERS = {1: "Ada", 2: "Grace"}
+
+
+def _services(got_event: dict[str, threading.Event]) -> tuple[Registry, Registry]:
+    users, mailer = Registry(), Registry()
+
+    @users.subscribe("rpc.users.get")
+    def get_user(data: dict[str, Any]) -> dict[str, Any]:
+        if data["id"] not in USERS:
+            raise RpcError(f"no user {data['id']}", code="not_found", details={"id": data["id"]})
+        return {"id": data["id"], "name": USERS[data["id"]]}
+
+    @users.subscribe("user.*")
+    def users_audit(data: dict[str, Any]) -> None:
+        got_event["users"].set()
+
+    @mailer.subscribe("user.created")
+    def send_welcome(data: dict[str, Any]) -> None:
+        got_event["mailer"].set()
+
+    return users, mailer
+
+
+def run(broker_url: str = "memory://", out: Any = print) -> int:
+    """Run the demo and print what happens; return the exit code."""
+    settings = Settings(
+        broker_url=broker_url,
+        events_exchange="tchu_demo_events",
+        calls_exchange="tchu_demo_rpc",
+        call_timeout=10,
+    )
+    got_event = {"users": threading.Event(), "mailer": threading.Event()}
+    users, mailer = _services(got_event)
+    out(f"tchu_rpc demo on {mask_url(broker_url)}")
+    with (
+        Worker(queue="tchu_demo.users", registry=users, settings=settings),
+        Worker(queue="tchu_demo.mailer", registry=mailer, settings=settings),
+        Client(settings=settings) as client,
+    ):
+        started = time.perf_counter()
+        user = client.call("rpc.users.get", {"id": 1})
+        out(f"call  rpc.users.get {{'id': 1}} -> {user}  ({_ms(started)} ms, first call)")
+        try:
+            client.call("rpc.users.get", {"id": 99})
+        except RemoteError as exc:
+            out(f"call  rpc.users.get {{'id': 99}} -> RemoteError {exc.type} code={exc.code}: {exc.message}")
+        client.publish("user.created", {"id": 3, "name": "Linus"})
+        both = all(e.wait(10) for e in got_event.values())
+        out(f"event user.created reached services 'users' and 'mailer': {both}")
+        timings = []
+        for i in range(200):
+            started = time.perf_counter()
+            client.call("rpc.users.get", {"id": 1 + i % 2})
+            timings.append((time.perf_counter() - started) * 1000)
+        out(f"200 calls in a row: p50 {statistics.median(timings):.2f} ms, max {max(timings):.2f} ms")
+    _cleanup(settings)
+    return 0 if both else 1
+
+
+def _ms(started: float) -> str:
+    return f"{(time.perf_counter() - started) * 1000:.2f}"
+
+
+def _cleanup(settings: Settings) -> None:
+    if settings.broker_url.startswith("memory"):
+        return
+    with Connection(settings.broker_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for service in ("tchu_demo.users", "tchu_demo.mailer"):
+            for suffix in ("calls", "events", "dead"):
+                channel.queue_delete(f"{service}.{suffix}")

@@ -1,0 +1,272 @@
+"""The I/O thread: one thread owns one kombu connection; other threads hand it work.
+
+A kombu connection is not thread-safe, and RabbitMQ's direct reply-to wants requests published on the
+channel that consumes the replies. So each `Client` and `Worker` has one `Loop`: its thread connects,
+reconnects with backoff, runs the commands other threads `submit`, drains the socket, and keeps
+heartbeats flowing while handlers run elsewhere. It sleeps in `select()` on the socket and a wake-up
+pipe, so a submitted command runs at once, not at the next poll.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from kombu import Connection
+
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.log import logger, mask_url
+
+_DRAIN_BATCH = 256
+_MEMORY_POLL = 0.002
+_IDLE_WAIT = 1.0
+
+
+def open_connection(settings: Settings) -> Connection:
+    """Return a connected kombu connection built from `settings`."""
+    conn = Connection(
+        settings.broker_url,
+        heartbeat=settings.heartbeat or None,
+        connect_timeout=settings.connect_timeout,
+        transport_options={
+            "polling_interval": _MEMORY_POLL,
+            "write_timeout": max(settings.connect_timeout, 10.0),
+        },
+    )
+    try:
+        conn.connect()
+    except Exception as exc:
+        conn.release()
+        raise ConnectionLost(
+            f"cannot connect to {mask_url(settings.broker_url)}: {exc or type(exc).__name__}"
+        ) from exc
+    return conn
+
+
+def is_amqp(conn: Connection) -> bool:
+    """Tell whether the connection speaks real AMQP 0-9-1 (not a kombu virtual transport)."""
+    return bool(conn.transport.driver_type == "amqp")
+
+
+class Loop:
+    """Own one connection in one thread; run submitted commands on it.
+
+    `on_connect(conn)` sets up channels and consumers after each (re)connection; `on_lost(exc)` runs
+    after the connection failed; `on_tick(now)` runs every turn and returns when it next needs to
+    run. With `eager`, the loop connects at once and reconnects for ever; otherwise it connects only
+    when `wants_connection()` says so.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        on_connect: Callable[[Connection], None],
+        on_lost: Callable[[BaseException], None],
+        on_tick: Callable[[float], float | None] = lambda now: None,
+        wants_connection: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.connection: Connection | None = None
+        self.generation = 0
+        self._on_connect = on_connect
+        self._on_lost = on_lost
+        self._on_tick = on_tick
+        self._wants_connection = wants_connection
+        self._commands: deque[Callable[[], None]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._next_heartbeat = 0.0
+        self.last_error: BaseException | None = None
+
+    # -- any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the I/O thread (once)."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def submit(self, command: Callable[[], None]) -> None:
+        """Run `command` on the I/O thread as soon as it is connected."""
+        self._commands.append(command)
+        self.wake()
+
+    def wake(self) -> None:
+        """Interrupt the I/O thread's wait."""
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending already) or closed
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and close the connection; safe to call twice."""
+        self._stop.set()
+        self.wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread is None or not thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_r = self._wake_w = -1
+
+    @property
+    def in_loop_thread(self) -> bool:
+        """Tell whether the caller runs on the I/O thread."""
+        return threading.current_thread() is self._thread
+
+    @property
+    def stopping(self) -> bool:
+        """Tell whether `stop()` was called."""
+        return self._stop.is_set()
+
+    # -- the I/O thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = self.settings.reconnect_delay
+        while not self._stop.is_set():
+            if self.connection is None:
+                if not self._wants_connection():
+                    self._idle()
+                    continue
+                if not self._connect():
+                    self._sleep(delay)
+                    delay = min(delay * 2, self.settings.reconnect_delay_max)
+                    continue
+                delay = self.settings.reconnect_delay
+            try:
+                self._turn()
+            except Exception as exc:
+                self._drop(exc)
+        self._close()
+
+    def _connect(self) -> bool:
+        try:
+            self.connection = open_connection(self.settings)
+            self.generation += 1
+            self._next_heartbeat = 0.0
+            self._on_connect(self.connection)
+        except Exception as exc:
+            self._drop(exc)
+            return False
+        logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
+        return True
+
+    def _drop(self, exc: BaseException) -> None:
+        self.last_error = exc
+        conn, self.connection = self.connection, None
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception:  # the socket is gone already; nothing more to release
+                pass
+        logger.warning(
+            "connection_lost",
+            loop=self.name,
+            error=str(exc) or type(exc).__name__,
+            error_type=type(exc).__name__,
+        )
+        self._on_lost(exc)
+
+    def _close(self) -> None:
+        conn, self.connection = self.connection, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception as exc:
+                logger.debug("close_failed", loop=self.name, error=str(exc))
+
+    def _turn(self) -> None:
+        conn = self.connection
+        assert conn is not None
+        self._run_commands()
+        now = time.monotonic()
+        wait = _IDLE_WAIT
+        next_due = self._on_tick(now)
+        if next_due is not None:
+            wait = max(0.0, min(wait, next_due - now))
+        if self.settings.heartbeat:
+            if now >= self._next_heartbeat:
+                conn.heartbeat_check()
+                self._next_heartbeat = now + self.settings.heartbeat / 4
+            wait = min(wait, max(0.0, self._next_heartbeat - now))
+        if self._commands:
+            wait = 0.0
+        sock = _socket_of(conn)
+        if sock is None:
+            self._drain_pipe()
+            try:
+                conn.drain_events(timeout=max(min(wait, _MEMORY_POLL), 0.0005))
+            except TimeoutError:
+                pass
+            return
+        if not _has_buffered(sock):
+            readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
+            if self._wake_r in readable:
+                self._drain_pipe()
+            if sock not in readable:
+                return
+        self._drain(conn)
+
+    def _drain(self, conn: Connection) -> None:
+        for _ in range(_DRAIN_BATCH):
+            try:
+                conn.drain_events(timeout=0)
+            except TimeoutError:
+                return
+
+    def _run_commands(self) -> None:
+        commands = self._commands
+        while commands:
+            commands.popleft()()
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _idle(self) -> None:
+        wait = _IDLE_WAIT
+        next_due = self._on_tick(time.monotonic())
+        if next_due is not None:
+            wait = max(0.0, min(wait, next_due - time.monotonic()))
+        select.select([self._wake_r], [], [], wait)
+        self._drain_pipe()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            next_due = self._on_tick(now)
+            wait = deadline - now if next_due is None else min(deadline, next_due) - now
+            select.select([self._wake_r], [], [], max(0.0, wait))
+            self._drain_pipe()
+
+
+def _socket_of(conn: Connection) -> Any:
+    raw = conn.connection
+    return getattr(raw, "sock", None) if raw is not None else None
+
+
+def _has_buffered(sock: Any) -> bool:
+    pending = getattr(sock, "pending", None)
+    return bool(pending and pending())

@@ -1,0 +1,115 @@
+"""The multi-process runner: spawn N worker processes, restart the dead, stop them on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import ConfigError
+from tchu_rpc.log import configure, logger
+from tchu_rpc.worker import Worker
+
+_RESTART_DELAY_MAX = 5.0
+_KILL_AFTER = 5.0  # seconds past the grace period before a child is killed
+
+
+def import_handlers(modules: list[str]) -> None:
+    """Import each handler module (a dotted name or a `.py` path) so it registers its handlers."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).resolve()
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from exc
+
+
+def _child_main(modules: list[str], queue: str, settings: Settings, log_level: str) -> None:
+    configure(log_level)
+    import_handlers(modules)
+    Worker(queue=queue, settings=settings).run()
+
+
+class Supervisor:
+    """Keep `processes` worker processes running until asked to stop."""
+
+    def __init__(
+        self, modules: list[str], queue: str, settings: Settings, processes: int, log_level: str
+    ) -> None:
+        if processes < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {processes}")
+        self._args = (modules, queue, settings, log_level)
+        self._grace = settings.shutdown_grace
+        self._context = multiprocessing.get_context("spawn")
+        self._children: list[BaseProcess | None] = [None] * processes
+        self._delays = [0.0] * processes
+        self._born = [0.0] * processes
+        self._stop = threading.Event()
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit code."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self._stop.set())
+        for slot in range(len(self._children)):
+            self._spawn(slot)
+        while not self._stop.is_set():
+            sentinels = [c.sentinel for c in self._children if c is not None]
+            wait(sentinels, timeout=0.5)
+            self._reap()
+        return self._shutdown()
+
+    def _spawn(self, slot: int) -> None:
+        child = self._context.Process(
+            target=_child_main, args=self._args, name=f"tchu-worker-{slot}", daemon=False
+        )
+        child.start()
+        self._children[slot] = child
+        self._born[slot] = time.monotonic()
+        logger.info("worker_process_started", slot=slot, pid=child.pid)
+
+    def _reap(self) -> None:
+        for slot, child in enumerate(self._children):
+            if child is None or child.is_alive() or self._stop.is_set():
+                continue
+            child.join()
+            logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
+            # Restart at once after a long life; back off while a child keeps dying young.
+            young = time.monotonic() - self._born[slot] < _RESTART_DELAY_MAX
+            self._delays[slot] = min(self._delays[slot] * 2 or 0.1, _RESTART_DELAY_MAX) if young else 0.0
+            if self._stop.wait(self._delays[slot]):
+                return
+            self._spawn(slot)
+
+    def _shutdown(self) -> int:
+        children = [c for c in self._children if c is not None]
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace + _KILL_AFTER
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                logger.error("worker_process_killed", pid=child.pid)
+                child.kill()
+                child.join(5)
+        logger.info("supervisor_stopped", processes=len(children))
+        return 0

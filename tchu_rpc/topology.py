@@ -1,0 +1,65 @@
+"""Names and kombu declarations: the two exchanges, a service's call, event and dead-letter queues.
+
+A service `users` has up to three durable queues:
+
+- `users.calls`  bound to the calls exchange (`tchu_rpc`) with the service's call patterns;
+- `users.events` bound to the events exchange (`tchu_events`) with its event patterns;
+- `users.dead`   where messages that cannot be handled are kept, with the reason in a header.
+
+Calls and events have separate queues (lanes) so that a backlog of events never delays a call.
+Exchanges are durable topic exchanges without arguments, the same as existing deployments declare.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from kombu import Exchange, Queue, binding
+
+from tchu_rpc.config import Settings
+from tchu_rpc.errors import ConfigError
+
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+
+
+def events_exchange(settings: Settings) -> Exchange:
+    """Return the durable topic exchange that carries events."""
+    return Exchange(settings.events_exchange, "topic", durable=True)
+
+
+def calls_exchange(settings: Settings) -> Exchange:
+    """Return the durable topic exchange that carries RPC requests."""
+    return Exchange(settings.calls_exchange, "topic", durable=True)
+
+
+def check_service(service: str) -> str:
+    """Return `service` if it can name queues, else raise `ConfigError`."""
+    if not service or len(service.encode()) > 200 or service.startswith("amq."):
+        raise ConfigError(f"service queue name {service!r} must be 1-200 bytes and not start with 'amq.'")
+    return service
+
+
+def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
+    """Return the service's call queue, bound to the calls exchange with `patterns`."""
+    return _bound_queue(f"{service}.calls", calls_exchange(settings), patterns)
+
+
+def event_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
+    """Return the service's event queue, bound to the events exchange with `patterns`."""
+    return _bound_queue(f"{service}.events", events_exchange(settings), patterns)
+
+
+def dead_letter_queue(service: str) -> Queue:
+    """Return the service's dead-letter queue (filled through the default exchange)."""
+    return Queue(f"{service}.dead", durable=True, auto_delete=False)
+
+
+def reply_queue() -> Queue:
+    """Return a private reply queue for brokers without direct reply-to."""
+    return Queue(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
+
+
+def _bound_queue(name: str, exchange: Exchange, patterns: tuple[str, ...]) -> Queue:
+    bindings: list[Any] = [binding(exchange, routing_key=p) for p in patterns]
+    return Queue(name, bindings=bindings, durable=True, auto_delete=False)

@@ -1,0 +1,154 @@
+"""Wire format: codecs for bodies (JSON by default, MessagePack), the reply envelope, header names.
+
+A request or event body is the caller's data, encoded as is. A reply body is a tagged envelope,
+`Result` or `Failure`. AMQP properties carry `message_id`, `correlation_id`, `reply_to`,
+`content_type` and `expiration`; headers carry the protocol version and the call's deadline.
+No pickle, ever: only msgspec's JSON and MessagePack, which build plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+
+from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
+
+PROTOCOL_VERSION: Final = 1
+HEADER_VERSION: Final = "x-tchu-version"
+HEADER_DEADLINE: Final = "x-tchu-deadline"
+HEADER_ERROR: Final = "x-tchu-error"
+HEADER_TOPIC: Final = "x-tchu-topic"
+
+JSON: Final = "application/json"
+MSGPACK: Final = "application/msgpack"
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A failure as data: the error's type name, message, optional code and details."""
+
+    type: str
+    message: str = ""
+    code: str | None = None
+    details: Any = None
+
+
+class Result(msgspec.Struct, frozen=True, tag="result", omit_defaults=True):
+    """A reply carrying the handler's return value."""
+
+    result: Any = None
+
+
+class Failure(msgspec.Struct, frozen=True, tag="error"):
+    """A reply carrying the handler's (or the worker's) error."""
+
+    error: ErrorInfo
+
+
+Reply = Result | Failure
+
+
+class Codec:
+    """Encode and decode bodies of one content type; decoders are built once per target type."""
+
+    __slots__ = ("_decoder_factory", "_decoders", "content_encoding", "content_type", "encode")
+
+    def __init__(
+        self,
+        content_type: str,
+        content_encoding: str,
+        encoder: Callable[[Any], bytes],
+        decoder_factory: Callable[[Any], Any],
+    ) -> None:
+        self.content_type = content_type
+        self.content_encoding = content_encoding
+        self.encode = encoder
+        self._decoder_factory = decoder_factory
+        self._decoders: dict[Any, Any] = {}
+
+    def decode(self, body: bytes, type: Any = Any) -> Any:
+        """Decode `body` into `type`, raising `DecodeError` with the reason."""
+        decoder = self._decoders.get(type)
+        if decoder is None:
+            decoder = self._decoders.setdefault(type, self._decoder_factory(type))
+        try:
+            return decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise DecodeError(f"cannot decode {self.content_type} body: {exc}") from exc
+
+
+def _enc_hook(obj: Any) -> Any:
+    raise NotImplementedError(f"objects of type {type(obj).__name__} cannot be encoded")
+
+
+_CODECS: Final = {
+    JSON: Codec(
+        JSON,
+        "utf-8",
+        msgspec.json.Encoder(enc_hook=_enc_hook).encode,
+        lambda t: msgspec.json.Decoder(t),
+    ),
+    MSGPACK: Codec(
+        MSGPACK,
+        "binary",
+        msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode,
+        lambda t: msgspec.msgpack.Decoder(t),
+    ),
+}
+_BY_SERIALIZER: Final = {"json": _CODECS[JSON], "msgpack": _CODECS[MSGPACK]}
+
+
+def codec_for(serializer: str) -> Codec:
+    """Return the codec of a serializer name (`json` or `msgpack`)."""
+    return _BY_SERIALIZER[serializer]
+
+
+def codec_of(content_type: str | None) -> Codec:
+    """Return the codec for a received content type, or raise `DecodeError`."""
+    codec = _CODECS.get(content_type or "")
+    if codec is None:
+        raise DecodeError(f"unsupported content type {content_type!r}; expected {JSON} or {MSGPACK}")
+    return codec
+
+
+def encode(codec: Codec, value: Any, limit: int) -> bytes:
+    """Encode `value`, raising `EncodeError` or `MessageTooLarge` with the reason."""
+    try:
+        body = codec.encode(value)
+    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+        raise EncodeError(f"cannot encode {type(value).__name__} as {codec.content_type}: {exc}") from exc
+    check_size(len(body), limit)
+    return body
+
+
+def check_size(size: int, limit: int) -> None:
+    """Raise `MessageTooLarge` when `size` bytes exceed `limit`."""
+    if size > limit:
+        raise MessageTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
+
+
+def encode_reply(codec: Codec, reply: Reply, limit: int) -> bytes:
+    """Encode a reply; a result that cannot be encoded becomes a `Failure` saying why."""
+    try:
+        return encode(codec, reply, limit)
+    except (EncodeError, MessageTooLarge) as exc:
+        failure = Failure(ErrorInfo(type(exc).__name__, f"the handler's result: {exc}"))
+        return codec.encode(failure)
+
+
+def decode_reply(codec: Codec, body: bytes) -> Reply:
+    """Decode a reply envelope; an unknown kind is a `DecodeError`."""
+    reply: Reply = codec.decode(body, Reply)
+    return reply
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe an exception as data for the wire."""
+    code = getattr(exc, "code", None)
+    return ErrorInfo(
+        type=type(exc).__name__,
+        message=str(getattr(exc, "message", None) or exc),
+        code=code if isinstance(code, str) or code is None else str(code),
+        details=getattr(exc, "details", None),
+    )
