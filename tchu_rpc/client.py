@@ -20,7 +20,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
-from tchu_rpc import topology, wire
+from tchu_rpc import log, topology, wire
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import (
     CallTimeout,
@@ -247,7 +247,7 @@ class Client:
         self._recent[message_id] = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
-        logger.debug(
+        log.debug(
             "call_settled" if pending.kind == "call" else "publish_settled",
             topic=pending.topic,
             correlation_id=message_id,

@@ -16,6 +16,16 @@ import structlog
 logger: Any = structlog.get_logger("tchu_rpc")
 
 
+def debug(event: str, **fields: Any) -> None:
+    """Log a per-message debug event, unless structlog was never configured.
+
+    Unconfigured structlog prints every level, so a program that has not set up logging would
+    otherwise get a line per message.
+    """
+    if structlog.is_configured():
+        logger.debug(event, **fields)
+
+
 def mask_url(url: str) -> str:
     """Return the URL with any password replaced by `***`."""
     parts = urlsplit(url)

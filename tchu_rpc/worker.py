@@ -27,7 +27,7 @@ from typing import Any
 
 from kombu import Connection, Consumer
 
-from tchu_rpc import topology, wire
+from tchu_rpc import log, topology, wire
 from tchu_rpc.config import Settings
 from tchu_rpc.delivery import Delivery, _current
 from tchu_rpc.errors import ConfigError, ConnectionLost, DecodeError, MessageTooLarge
@@ -257,7 +257,7 @@ class Worker:
             job.message.ack()
         else:
             job.message.reject(requeue=True)
-        logger.debug(
+        log.debug(
             "message_acked" if ok else "message_requeued",
             service=self.service,
             duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
@@ -384,7 +384,7 @@ class Worker:
             return wire.Failure(wire.error_info(exc))
         finally:
             _current.reset(token)
-            logger.debug(
+            log.debug(
                 "handler_ran",
                 service=self.service,
                 handler=handler.name,
