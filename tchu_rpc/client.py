@@ -47,6 +47,7 @@ class _Pending:
     topic: str
     body: bytes
     deadline: float  # time.monotonic()
+    retry: bool  # publish again after a lost connection (events, idempotent calls)
     sent: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -80,8 +81,12 @@ class Client:
         )
 
     # -- public API ---------------------------------------------------------------------------
-    def call(self, topic: str, data: Any, *, timeout: float | None = None) -> Any:
+    def call(self, topic: str, data: Any, *, timeout: float | None = None, idempotent: bool = False) -> Any:
         """Call the handler of `topic` with `data` and return its result.
+
+        With `idempotent=True`, a call whose connection is lost before the reply came is published
+        again (same message id) once the client has reconnected, until its timeout: the handler may
+        then run more than once, so only use it for handlers that tolerate that.
 
         Raises:
             CallTimeout: no reply within `timeout` seconds.
@@ -89,12 +94,14 @@ class Client:
             RemoteError: the handler (or the worker) failed; see its `type` and `message`.
             ConnectionLost: the connection failed while the call was in flight.
         """
-        future = self.call_async(topic, data, timeout=timeout)
+        future = self.call_async(topic, data, timeout=timeout, idempotent=idempotent)
         return _wait(future, timeout or self.settings.call_timeout, topic)
 
-    def call_async(self, topic: str, data: Any, *, timeout: float | None = None) -> futures.Future[Any]:
+    def call_async(
+        self, topic: str, data: Any, *, timeout: float | None = None, idempotent: bool = False
+    ) -> futures.Future[Any]:
         """Start a call and return a future of its result; it fails by its deadline at the latest."""
-        return self._submit("call", topic, data, timeout or self.settings.call_timeout)
+        return self._submit("call", topic, data, timeout or self.settings.call_timeout, idempotent)
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """Broadcast an event and return once the broker confirmed it.
@@ -104,7 +111,7 @@ class Client:
         silently. Events are persistent; every queue bound to a matching pattern gets a copy.
         """
         timeout = timeout or self.settings.publish_timeout
-        _wait(self._submit("event", topic, data, timeout), timeout, topic)
+        _wait(self._submit("event", topic, data, timeout, True), timeout, topic)
 
     def close(self) -> None:
         """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
@@ -126,7 +133,7 @@ class Client:
         return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._pending)}>"
 
     # -- caller threads -----------------------------------------------------------------------
-    def _submit(self, kind: str, topic: str, data: Any, timeout: float) -> futures.Future[Any]:
+    def _submit(self, kind: str, topic: str, data: Any, timeout: float, retry: bool) -> futures.Future[Any]:
         if self._closed:
             raise ConnectionLost("the client is closed")
         validate_topic(topic)
@@ -134,7 +141,7 @@ class Client:
         message_id = uuid.uuid4().hex
         future: futures.Future[Any] = futures.Future()
         deadline = time.monotonic() + timeout
-        self._pending[message_id] = _Pending(future, kind, topic, body, deadline)
+        self._pending[message_id] = _Pending(future, kind, topic, body, deadline, retry)
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, message_id))
         self._loop.start()
@@ -158,7 +165,7 @@ class Client:
         consumer.consume()
         self._reply_to = queue.name
         for message_id, pending in list(self._pending.items()):
-            if pending.kind == "event" and not pending.sent:
+            if not pending.sent:
                 self._loop.submit(partial(self._send, message_id))
 
     def _send(self, message_id: str) -> None:
@@ -288,7 +295,7 @@ class Client:
         for message_id, pending in list(self._pending.items()):
             if not pending.sent:
                 continue
-            if pending.kind == "event":
+            if pending.retry:
                 pending.sent = False  # publish again once reconnected: at least once
                 continue
             lost = ConnectionLost(f"connection lost while calling {pending.topic!r}: {exc}")

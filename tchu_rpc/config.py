@@ -14,6 +14,7 @@ ENV_PREFIX = "TCHU_RPC_"
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 Serializer = Literal["json", "msgpack"]
+QueueType = Literal["classic", "quorum"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,10 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     #: How long a stopping worker lets in-flight messages finish before it lets them be redelivered.
     shutdown_grace: float = 30.0
+    #: Deliveries of one message without an ack before it is dead-lettered (poison messages).
+    delivery_limit: int = 5
+    #: Type of the service queues: "quorum" (replicated, recommended) or "classic" (existing set-ups).
+    queue_type: QueueType = "classic"
     #: First and largest pause between reconnection attempts, in seconds.
     reconnect_delay: float = 0.2
     reconnect_delay_max: float = 5.0
@@ -58,13 +63,15 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("call_concurrency", "event_concurrency", "event_prefetch"):
+        for name in ("call_concurrency", "event_concurrency", "event_prefetch", "delivery_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.heartbeat < 0 or self.shutdown_grace < 0:
             raise ConfigError("heartbeat and shutdown_grace must not be negative")
         if self.serializer not in ("json", "msgpack"):
             raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
+        if self.queue_type not in ("classic", "quorum"):
+            raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if not self.broker_url:
             raise ConfigError("broker_url must not be empty")
 

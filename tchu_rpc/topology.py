@@ -42,17 +42,17 @@ def check_service(service: str) -> str:
 
 def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
     """Return the service's call queue, bound to the calls exchange with `patterns`."""
-    return _bound_queue(f"{service}.calls", calls_exchange(settings), patterns)
+    return _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
 
 
 def event_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
     """Return the service's event queue, bound to the events exchange with `patterns`."""
-    return _bound_queue(f"{service}.events", events_exchange(settings), patterns)
+    return _bound_queue(f"{service}.events", events_exchange(settings), patterns, settings)
 
 
-def dead_letter_queue(service: str) -> Queue:
+def dead_letter_queue(service: str, settings: Settings) -> Queue:
     """Return the service's dead-letter queue (filled through the default exchange)."""
-    return Queue(f"{service}.dead", durable=True, auto_delete=False)
+    return Queue(f"{service}.dead", durable=True, auto_delete=False, queue_arguments=_arguments(settings))
 
 
 def reply_queue() -> Queue:
@@ -60,6 +60,13 @@ def reply_queue() -> Queue:
     return Queue(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
 
 
-def _bound_queue(name: str, exchange: Exchange, patterns: tuple[str, ...]) -> Queue:
+def _bound_queue(name: str, exchange: Exchange, patterns: tuple[str, ...], settings: Settings) -> Queue:
     bindings: list[Any] = [binding(exchange, routing_key=p) for p in patterns]
-    return Queue(name, bindings=bindings, durable=True, auto_delete=False)
+    return Queue(
+        name, bindings=bindings, durable=True, auto_delete=False, queue_arguments=_arguments(settings)
+    )
+
+
+def _arguments(settings: Settings) -> dict[str, Any] | None:
+    # Classic queues get no arguments, so they match queues that existing deployments declared.
+    return {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else None

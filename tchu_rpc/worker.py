@@ -5,15 +5,11 @@ events), so heartbeats keep flowing while a handler runs. A finished call's repl
 the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
 reply; if the worker dies before that, the broker redelivers the request to another worker.
 
-Where a message goes when it cannot be handled:
-- handler raised (call): error reply to the caller, request acked;
-- no handler, or several, for a call's topic: error reply, request acked;
-- body undecodable, wrong content type or too large: copied to `<service>.dead` with the reason in
-  the `x-tchu-error` header (plus an error reply when it is a call that can be answered), then acked;
-- call without reply-to or correlation id: dead-lettered, acked;
-- call past its deadline: acked and logged, the handler does not run (its caller has given up);
-- event handler raised: dead-lettered with the reason, acked;
-- event nobody here handles: acked and logged.
+A message delivered `delivery_limit` times without an ack (its handler keeps killing the worker)
+is dead-lettered, and a caller gets `DeliveryLimitExceeded`. Quorum queues count deliveries in
+`x-delivery-count`; on classic queues the worker re-publishes a redelivered message with its count
+in `x-tchu-deliveries` (at the back of the queue) and acks the original. Where every other
+unhandleable message goes is listed in `dispatch` and the README.
 """
 
 from __future__ import annotations
@@ -29,13 +25,13 @@ from kombu import Connection, Consumer
 
 from tchu_rpc import log, topology, wire
 from tchu_rpc.config import Settings
-from tchu_rpc.delivery import Delivery, _current
-from tchu_rpc.errors import ConfigError, ConnectionLost, DecodeError, MessageTooLarge
+from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries, topic_of
+from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.lanes import Lane
 from tchu_rpc.log import logger, mask_url
 from tchu_rpc.loop import Loop
 from tchu_rpc.publisher import Publisher
-from tchu_rpc.registry import Handler, Kind, Registry, default_registry
+from tchu_rpc.registry import Kind, Registry, default_registry
 
 
 @dataclass(slots=True, eq=False)
@@ -44,13 +40,6 @@ class _Job:
     generation: int
     message: Any
     received: float = field(default_factory=time.perf_counter)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    reply: bytes | None = None
-    content_type: str = wire.JSON
-    dead_reason: str | None = None
 
 
 class Worker:
@@ -75,6 +64,7 @@ class Worker:
         self.settings = settings.replace(broker_url=url) if url else settings
         self.service = topology.check_service(queue)
         self.registry = default_registry if registry is None else registry
+        self._dispatcher = Dispatcher(self.service, self.registry, self.settings)
         self._publishers: dict[Kind, Publisher] = {}
         self._consumers: list[Consumer] = []
         self._lanes: dict[Kind, Lane] = {}
@@ -158,7 +148,8 @@ class Worker:
         for kind in ("call", "event"):
             if kind in kinds:
                 self._consume(conn, kind)
-        topology.dead_letter_queue(self.service)(self._publishers[next(iter(kinds))].channel).declare()
+        channel = self._publishers[next(iter(kinds))].channel
+        topology.dead_letter_queue(self.service, self.settings)(channel).declare()
         self._cancelled = False
         if self._stop_requested.is_set():
             self._cancel()
@@ -193,64 +184,86 @@ class Worker:
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._inflight += 1
-        self._lanes[kind].submit(_Job(kind, generation, message))
+        job = _Job(kind, generation, message)
+        classic = self.settings.queue_type == "classic"
+        earlier = previous_deliveries(message, classic=classic)
+        if earlier >= self.settings.delivery_limit:
+            self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
+        elif classic and message.delivery_info.get("redelivered"):
+            self._send_then_ack(job, [self._counted_copy(kind, message, earlier)])
+        else:
+            self._lanes[kind].submit(job)
 
-    def _finish(self, job: _Job, outcome: _Outcome) -> None:
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
-            logger.warning("message_abandoned", service=self.service, **_describe(job.message))
+            logger.warning("message_abandoned", service=self.service, **describe(job.message))
             self._done()
             return
         message = job.message
-        sends = int(outcome.dead_reason is not None) + int(outcome.reply is not None)
-        if sends == 0:
+        sends = []
+        if outcome.dead_reason is not None:
+            sends.append(self._dead_letter(message, outcome.dead_reason))
+        if outcome.reply is not None:
+            reply_to = message.properties["reply_to"]
+            sends.append(
+                dict(
+                    body=outcome.reply,
+                    exchange="",
+                    routing_key=reply_to,
+                    # RabbitMQ 3.10 returns a mandatory reply to direct reply-to as NO_ROUTE
+                    # although it delivered it; a reply queue of our own is checked.
+                    mandatory=not reply_to.startswith(topology.DIRECT_REPLY_TO),
+                    delivery_mode=1,
+                    correlation_id=message.properties["correlation_id"],
+                    content_type=outcome.content_type,
+                    content_encoding=wire.codec_of(outcome.content_type).content_encoding,
+                )
+            )
+        self._send_then_ack(job, sends)
+
+    def _send_then_ack(self, job: _Job, sends: list[dict[str, Any]]) -> None:
+        if not sends:
             self._ack(job, True)
             return
         results: list[bool] = []
 
         def confirmed(ok: bool) -> None:
             results.append(ok)
-            if len(results) == sends:
+            if len(results) == len(sends):
                 self._confirming.discard(job)
                 self._ack(job, all(results))
 
         self._confirming.add(job)
         publisher = self._publishers[job.kind]
-        if outcome.dead_reason is not None:
-            self._dead_letter(publisher, message, outcome.dead_reason, confirmed)
-        if outcome.reply is not None:
-            reply_to = message.properties["reply_to"]
-            publisher.publish(
-                outcome.reply,
-                exchange="",
-                routing_key=reply_to,
-                on_confirm=confirmed,
-                # RabbitMQ 3.10 returns mandatory replies to direct reply-to as NO_ROUTE even
-                # though it delivered them; a reply queue of our own is checked.
-                mandatory=not reply_to.startswith(topology.DIRECT_REPLY_TO),
-                delivery_mode=1,
-                correlation_id=message.properties["correlation_id"],
-                content_type=outcome.content_type,
-                content_encoding=wire.codec_of(outcome.content_type).content_encoding,
-            )
+        for send in sends:
+            publisher.publish(on_confirm=confirmed, **send)
 
-    def _dead_letter(self, publisher: Publisher, message: Any, reason: str, confirmed: Any) -> None:
+    def _dead_letter(self, message: Any, reason: str) -> dict[str, Any]:
+        logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
+        return self._copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
+
+    def _counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
+        queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
+        return self._copy(message, queue, {HEADER_DELIVERIES: earlier})
+
+    def _copy(self, message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
+        props = message.properties
         headers = dict(message.headers or {})
-        headers[wire.HEADER_ERROR] = reason[:1000]
-        headers[wire.HEADER_TOPIC] = message.delivery_info.get("routing_key", "")
-        publisher.publish(
-            message.body,
+        headers[wire.HEADER_TOPIC] = topic_of(message)
+        headers.update(extra)
+        return dict(
+            body=message.body,
             exchange="",
-            routing_key=f"{self.service}.dead",
-            on_confirm=confirmed,
+            routing_key=queue,
             mandatory=True,
-            delivery_mode=2,
+            delivery_mode=props.get("delivery_mode") or 2,
             headers=headers,
-            message_id=message.properties.get("message_id"),
-            correlation_id=message.properties.get("correlation_id"),
+            message_id=props.get("message_id"),
+            correlation_id=props.get("correlation_id"),
+            reply_to=props.get("reply_to"),
             content_type=message.content_type or "application/octet-stream",
             content_encoding=message.content_encoding or "binary",
         )
-        logger.warning("message_dead_lettered", service=self.service, reason=reason, **_describe(message))
 
     def _ack(self, job: _Job, ok: bool) -> None:
         if ok:
@@ -261,7 +274,7 @@ class Worker:
             "message_acked" if ok else "message_requeued",
             service=self.service,
             duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
-            **_describe(job.message),
+            **describe(job.message),
         )
         self._done()
 
@@ -273,7 +286,7 @@ class Worker:
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         logger.warning(
-            "reply_unroutable",
+            "message_unroutable",
             service=self.service,
             routing_key=routing_key,
             reason=text,
@@ -304,144 +317,10 @@ class Worker:
     def _handle(self, job: _Job) -> None:
         try:
             if job.kind == "call":
-                outcome = self._process_call(job.message)
+                outcome = self._dispatcher.call(job.message)
             else:
-                outcome = self._process_event(job.message)
+                outcome = self._dispatcher.event(job.message)
         except BaseException as exc:  # a bug of ours; keep the message, say why
             logger.exception("message_failed", service=self.service, error=str(exc))
-            outcome = _Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
+            outcome = Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
         self._loop.submit(partial(self._finish, job, outcome))
-
-    def _process_call(self, message: Any) -> _Outcome:
-        props = message.properties
-        answerable = bool(props.get("reply_to") and props.get("correlation_id"))
-        delivery = _delivery("call", message)
-        if delivery.deadline is not None and time.time() > delivery.deadline:
-            logger.warning("request_expired", service=self.service, **_describe(message))
-            return _Outcome()
-        codec = wire.codec_for("json")
-        try:
-            codec = wire.codec_of(message.content_type)
-            wire.check_size(len(message.body), self.settings.max_message_bytes)
-            handler = self._call_handler(delivery.topic)
-            data = codec.decode(message.body, handler.data_type)
-        except (DecodeError, MessageTooLarge) as exc:
-            return self._failure(codec, exc, dead=True, answer=answerable)
-        except _Unanswerable as exc:
-            return self._failure(codec, exc, dead=not answerable, answer=answerable)
-        if not answerable:
-            return _Outcome(dead_reason="call without reply_to or correlation_id: nobody to answer")
-        reply = self._invoke(handler, data, delivery)
-        return _Outcome(
-            reply=wire.encode_reply(codec, reply, self.settings.max_message_bytes),
-            content_type=codec.content_type,
-        )
-
-    def _process_event(self, message: Any) -> _Outcome:
-        delivery = _delivery("event", message)
-        handlers = self.registry.match(delivery.topic, "event")
-        if not handlers:
-            logger.warning("event_unhandled", service=self.service, **_describe(message))
-            return _Outcome()
-        try:
-            codec = wire.codec_of(message.content_type)
-            wire.check_size(len(message.body), self.settings.max_message_bytes)
-            failures = []
-            for handler in handlers:
-                reply = self._invoke(handler, codec.decode(message.body, handler.data_type), delivery)
-                if isinstance(reply, wire.Failure):
-                    failures.append(f"{handler.name}: {reply.error.type}: {reply.error.message}")
-        except (DecodeError, MessageTooLarge) as exc:
-            return _Outcome(dead_reason=f"{type(exc).__name__}: {exc}")
-        return _Outcome(dead_reason="handler failed: " + "; ".join(failures) if failures else None)
-
-    def _call_handler(self, topic: str) -> Handler:
-        handlers = self.registry.match(topic, "call")
-        if len(handlers) == 1:
-            return handlers[0]
-        if not handlers:
-            raise _Unanswerable("UnknownTopic", f"service {self.service!r} has no handler for {topic!r}")
-        names = ", ".join(h.name for h in handlers)
-        raise _Unanswerable("AmbiguousTopic", f"call {topic!r} matches {len(handlers)} handlers: {names}")
-
-    def _invoke(self, handler: Handler, data: Any, delivery: Delivery) -> wire.Reply:
-        token = _current.set(delivery)
-        started = time.perf_counter()
-        try:
-            return wire.Result(handler.fn(data))
-        except Exception as exc:
-            logger.warning(
-                "handler_failed",
-                service=self.service,
-                handler=handler.name,
-                error_type=type(exc).__name__,
-                error=str(exc),
-                topic=delivery.topic,
-                correlation_id=delivery.correlation_id,
-                redelivered=delivery.redelivered,
-                exc_info=not _is_business_error(exc),
-            )
-            return wire.Failure(wire.error_info(exc))
-        finally:
-            _current.reset(token)
-            log.debug(
-                "handler_ran",
-                service=self.service,
-                handler=handler.name,
-                topic=delivery.topic,
-                correlation_id=delivery.correlation_id,
-                redelivered=delivery.redelivered,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-
-    def _failure(self, codec: wire.Codec, exc: Exception, *, dead: bool, answer: bool) -> _Outcome:
-        if isinstance(exc, _Unanswerable):
-            info = wire.ErrorInfo(exc.type_name, str(exc))
-        else:
-            info = wire.error_info(exc)
-        return _Outcome(
-            reply=codec.encode(wire.Failure(info)) if answer else None,
-            content_type=codec.content_type,
-            dead_reason=f"{info.type}: {info.message}" if dead else None,
-        )
-
-
-class _Unanswerable(Exception):
-    """A call this service cannot route to exactly one handler."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(message)
-        self.type_name = type_name
-
-
-def _is_business_error(exc: Exception) -> bool:
-    from tchu_rpc.errors import RpcError
-
-    return isinstance(exc, RpcError)
-
-
-def _delivery(kind: Kind, message: Any) -> Delivery:
-    props = message.properties
-    info = message.delivery_info
-    headers = message.headers or {}
-    deadline = headers.get(wire.HEADER_DEADLINE)
-    return Delivery(
-        kind=kind,
-        topic=info.get("routing_key", ""),
-        message_id=props.get("message_id"),
-        correlation_id=props.get("correlation_id"),
-        redelivered=bool(info.get("redelivered")),
-        delivery_tag=info.get("delivery_tag"),
-        deadline=float(deadline) if isinstance(deadline, int | float) else None,
-        headers=headers,
-    )
-
-
-def _describe(message: Any) -> dict[str, Any]:
-    info = message.delivery_info
-    return {
-        "topic": info.get("routing_key"),
-        "correlation_id": message.properties.get("correlation_id"),
-        "delivery_tag": info.get("delivery_tag"),
-        "redelivered": bool(info.get("redelivered")),
-    }

@@ -255,3 +255,41 @@ def _get_one(conn: Connection, queue: str) -> Any:
             return message
         time.sleep(0.05)  # polling a queue with basic_get; there is no event to await
     raise AssertionError(f"nothing arrived in {queue}")
+
+
+def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: TchuFactory) -> None:
+    runs: list[Any] = []
+    registry = Registry()
+
+    @registry.subscribe("rpc.poison")
+    def poison(data: Any) -> Any:
+        runs.append(data)
+        return "ran"
+
+    worker = tchu.worker(registry, delivery_limit=3)
+    with Connection(tchu.broker_url) as conn:
+        channel = conn.channel()
+        replies = channel.queue_declare("", exclusive=True).queue
+        # Given a request that, by its header, was delivered three times without an ack
+        conn.Producer().publish(
+            b'"boom"',
+            exchange=tchu.settings.calls_exchange,
+            routing_key="rpc.poison",
+            content_type="application/json",
+            content_encoding="utf-8",
+            reply_to=replies,
+            correlation_id="poison-1",
+            headers={"x-tchu-deliveries": 3},
+        )
+        reply = _get_one(conn, replies)
+        dead = _get_one(conn, f"{worker.service}.dead")
+    # Then the caller is told, the handler did not run, and the message is kept with the reason
+    assert "DeliveryLimitExceeded" in reply.body
+    assert runs == []
+    assert "delivery limit" in dead.headers["x-tchu-error"]
+    assert dead.headers["x-tchu-topic"] == "rpc.poison"
+
+
+def test_worker_on_quorum_queues_answers_calls(tchu: TchuFactory) -> None:
+    tchu.worker(users_registry(), queue_type="quorum")
+    assert tchu.client().call("rpc.users.get", {"id": 4}, timeout=5)["id"] == 4

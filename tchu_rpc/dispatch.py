@@ -1,0 +1,210 @@
+"""Handle one delivery on a handler thread: decode it, run its handlers, decide its outcome.
+
+No I/O happens here: the outcome (a reply to send, a reason to dead-letter, or neither) goes back
+to the worker's I/O thread, which publishes, waits for the broker's confirms, then acks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tchu_rpc import log, wire
+from tchu_rpc.config import Settings
+from tchu_rpc.delivery import Delivery, _current
+from tchu_rpc.errors import DecodeError, MessageTooLarge, RpcError
+from tchu_rpc.log import logger
+from tchu_rpc.registry import Handler, Kind, Registry
+
+#: How many earlier deliveries of a message on a classic queue the worker has counted.
+HEADER_DELIVERIES = "x-tchu-deliveries"
+#: Quorum queues count earlier deliveries themselves in this header.
+HEADER_QUORUM_COUNT = "x-delivery-count"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the I/O thread must do with a delivery before it acks it."""
+
+    reply: bytes | None = None
+    content_type: str = wire.JSON
+    dead_reason: str | None = None
+
+
+class Dispatcher:
+    """Turn deliveries into outcomes by running a registry's handlers."""
+
+    def __init__(self, service: str, registry: Registry, settings: Settings) -> None:
+        self.service = service
+        self.registry = registry
+        self.limit = settings.max_message_bytes
+
+    def call(self, message: Any) -> Outcome:
+        """Run the one handler of a call and return the reply to send."""
+        answerable = _answerable(message)
+        delivery = delivery_of("call", message)
+        if delivery.deadline is not None and time.time() > delivery.deadline:
+            logger.warning("request_expired", service=self.service, **describe(message))
+            return Outcome()
+        codec = wire.codec_for("json")
+        try:
+            codec = wire.codec_of(message.content_type)
+            wire.check_size(len(message.body), self.limit)
+            handler = self._call_handler(delivery.topic)
+            data = codec.decode(message.body, handler.data_type)
+        except (DecodeError, MessageTooLarge) as exc:
+            return _failure(codec, wire.error_info(exc), dead=True, answer=answerable)
+        except _Unanswerable as exc:
+            info = wire.ErrorInfo(exc.type_name, str(exc))
+            return _failure(codec, info, dead=not answerable, answer=answerable)
+        if not answerable:
+            return Outcome(dead_reason="call without reply_to or correlation_id: nobody to answer")
+        reply = self._invoke(handler, data, delivery)
+        return Outcome(reply=wire.encode_reply(codec, reply, self.limit), content_type=codec.content_type)
+
+    def event(self, message: Any) -> Outcome:
+        """Run every handler matching an event; dead-letter it if any of them failed."""
+        delivery = delivery_of("event", message)
+        handlers = self.registry.match(delivery.topic, "event")
+        if not handlers:
+            logger.warning("event_unhandled", service=self.service, **describe(message))
+            return Outcome()
+        failures = []
+        try:
+            codec = wire.codec_of(message.content_type)
+            wire.check_size(len(message.body), self.limit)
+            for handler in handlers:
+                reply = self._invoke(handler, codec.decode(message.body, handler.data_type), delivery)
+                if isinstance(reply, wire.Failure):
+                    failures.append(f"{handler.name}: {reply.error.type}: {reply.error.message}")
+        except (DecodeError, MessageTooLarge) as exc:
+            return Outcome(dead_reason=f"{type(exc).__name__}: {exc}")
+        return Outcome(dead_reason="handler failed: " + "; ".join(failures) if failures else None)
+
+    def exhausted(self, kind: Kind, message: Any, deliveries: int) -> Outcome:
+        """Give up on a message delivered `deliveries` times without an ack."""
+        reason = (
+            f"delivered {deliveries} times without being acked (delivery limit): "
+            "its handler may be crashing the worker"
+        )
+        logger.error(
+            "delivery_limit_reached", service=self.service, deliveries=deliveries, **describe(message)
+        )
+        if kind == "call" and _answerable(message):
+            info = wire.ErrorInfo("DeliveryLimitExceeded", reason)
+            return _failure(_codec_or_json(message), info, dead=True, answer=True)
+        return Outcome(dead_reason=reason)
+
+    def _call_handler(self, topic: str) -> Handler:
+        handlers = self.registry.match(topic, "call")
+        if len(handlers) == 1:
+            return handlers[0]
+        if not handlers:
+            raise _Unanswerable("UnknownTopic", f"service {self.service!r} has no handler for {topic!r}")
+        names = ", ".join(h.name for h in handlers)
+        raise _Unanswerable("AmbiguousTopic", f"call {topic!r} matches {len(handlers)} handlers: {names}")
+
+    def _invoke(self, handler: Handler, data: Any, delivery: Delivery) -> wire.Reply:
+        token = _current.set(delivery)
+        started = time.perf_counter()
+        try:
+            return wire.Result(handler.fn(data))
+        except Exception as exc:
+            logger.warning(
+                "handler_failed",
+                service=self.service,
+                handler=handler.name,
+                error_type=type(exc).__name__,
+                error=str(exc),
+                topic=delivery.topic,
+                correlation_id=delivery.correlation_id,
+                redelivered=delivery.redelivered,
+                exc_info=not isinstance(exc, RpcError),
+            )
+            return wire.Failure(wire.error_info(exc))
+        finally:
+            _current.reset(token)
+            log.debug(
+                "handler_ran",
+                service=self.service,
+                handler=handler.name,
+                topic=delivery.topic,
+                correlation_id=delivery.correlation_id,
+                redelivered=delivery.redelivered,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+
+class _Unanswerable(Exception):
+    """A call this service cannot route to exactly one handler."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+def _failure(codec: wire.Codec, info: wire.ErrorInfo, *, dead: bool, answer: bool) -> Outcome:
+    return Outcome(
+        reply=codec.encode(wire.Failure(info)) if answer else None,
+        content_type=codec.content_type,
+        dead_reason=f"{info.type}: {info.message}" if dead else None,
+    )
+
+
+def _answerable(message: Any) -> bool:
+    props = message.properties
+    return bool(props.get("reply_to") and props.get("correlation_id"))
+
+
+def _codec_or_json(message: Any) -> wire.Codec:
+    try:
+        return wire.codec_of(message.content_type)
+    except DecodeError:
+        return wire.codec_for("json")
+
+
+def previous_deliveries(message: Any, *, classic: bool) -> int:
+    """Count how often the broker delivered this message before without an ack."""
+    headers = message.headers or {}
+    quorum = headers.get(HEADER_QUORUM_COUNT)
+    if isinstance(quorum, int) and quorum >= 0:
+        return quorum
+    counted = headers.get(HEADER_DELIVERIES, 0)
+    counted = counted if isinstance(counted, int) and counted >= 0 else 0
+    return counted + int(classic and bool(message.delivery_info.get("redelivered")))
+
+
+def topic_of(message: Any) -> str:
+    """Return the message's topic (kept in a header when the worker re-published it)."""
+    topic = (message.headers or {}).get(wire.HEADER_TOPIC)
+    return topic if isinstance(topic, str) else str(message.delivery_info.get("routing_key", ""))
+
+
+def delivery_of(kind: Kind, message: Any) -> Delivery:
+    """Describe a kombu message as the `Delivery` a handler can see."""
+    props = message.properties
+    info = message.delivery_info
+    headers = message.headers or {}
+    deadline = headers.get(wire.HEADER_DEADLINE)
+    return Delivery(
+        kind=kind,
+        topic=topic_of(message),
+        message_id=props.get("message_id"),
+        correlation_id=props.get("correlation_id"),
+        redelivered=bool(info.get("redelivered")) or previous_deliveries(message, classic=False) > 0,
+        delivery_tag=info.get("delivery_tag"),
+        deadline=float(deadline) if isinstance(deadline, int | float) else None,
+        headers=headers,
+    )
+
+
+def describe(message: Any) -> dict[str, Any]:
+    """Return a message's log context: topic, correlation id, delivery tag, redelivered."""
+    info = message.delivery_info
+    return {
+        "topic": topic_of(message),
+        "correlation_id": message.properties.get("correlation_id"),
+        "delivery_tag": info.get("delivery_tag"),
+        "redelivered": bool(info.get("redelivered")),
+    }
