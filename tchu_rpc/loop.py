@@ -160,11 +160,11 @@ class Loop:
             self.connection = open_connection(self.settings)
             self.generation += 1
             self._next_heartbeat = 0.0
+            logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
             self._on_connect(self.connection)
         except Exception as exc:
             self._drop(exc)
             return False
-        logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
         return True
 
     def _drop(self, exc: BaseException) -> None:

@@ -39,14 +39,24 @@ def import_handlers(modules: list[str]) -> None:
                 spec.loader.exec_module(module)
             else:
                 importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from exc
+        except Exception as exc:
+            sys.modules.pop(Path(name).stem if name.endswith(".py") else name, None)
+            raise ConfigError(f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def _child_main(modules: list[str], queue: str, settings: Settings, log_level: str) -> None:
     configure(log_level)
+    threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
     import_handlers(modules)
     Worker(queue=queue, settings=settings).run()
+
+
+def _stop_with_parent() -> None:
+    # A supervisor killed with SIGKILL cannot stop its children; they stop themselves, gracefully.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -63,6 +73,7 @@ class Supervisor:
         self._children: list[BaseProcess | None] = [None] * processes
         self._delays = [0.0] * processes
         self._born = [0.0] * processes
+        self._restart_at: list[float | None] = [None] * processes
         self._stop = threading.Event()
 
     def run(self) -> int:
@@ -72,8 +83,8 @@ class Supervisor:
         for slot in range(len(self._children)):
             self._spawn(slot)
         while not self._stop.is_set():
-            sentinels = [c.sentinel for c in self._children if c is not None]
-            wait(sentinels, timeout=0.5)
+            sentinels = [c.sentinel for c in self._children if c is not None and c.is_alive()]
+            wait(sentinels, timeout=0.1 if any(self._restart_at) else 0.5)
             self._reap()
         return self._shutdown()
 
@@ -87,17 +98,22 @@ class Supervisor:
         logger.info("worker_process_started", slot=slot, pid=child.pid)
 
     def _reap(self) -> None:
+        now = time.monotonic()
         for slot, child in enumerate(self._children):
-            if child is None or child.is_alive() or self._stop.is_set():
+            restart_at = self._restart_at[slot]
+            if restart_at is not None:
+                if now >= restart_at and not self._stop.is_set():
+                    self._restart_at[slot] = None
+                    self._spawn(slot)
+                continue
+            if child is None or child.is_alive():
                 continue
             child.join()
             logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
             # Restart at once after a long life; back off while a child keeps dying young.
-            young = time.monotonic() - self._born[slot] < _RESTART_DELAY_MAX
+            young = now - self._born[slot] < _RESTART_DELAY_MAX
             self._delays[slot] = min(self._delays[slot] * 2 or 0.1, _RESTART_DELAY_MAX) if young else 0.0
-            if self._stop.wait(self._delays[slot]):
-                return
-            self._spawn(slot)
+            self._restart_at[slot] = now + self._delays[slot]
 
     def _shutdown(self) -> int:
         children = [c for c in self._children if c is not None]
