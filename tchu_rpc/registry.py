@@ -1,7 +1,15 @@
-"""TEMPORARY STUB by the lead so the engine can be tested; helper-1 replaces this file entirely."""
+"""Topic pattern -> handler: validation and matching of topics, and the default registry behind `@subscribe`.
+
+Matching follows RabbitMQ's topic exchange exactly, so that a worker dispatches a delivery to the
+handlers whose binding brought it: words are separated by `.`, `*` is exactly one word, `#` is zero
+or more words, an empty word between dots is still a word, but the empty routing key has no words.
+`*` and `#` are wildcards only as whole words.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 import typing
 from collections.abc import Callable
@@ -13,9 +21,18 @@ from tchu_rpc.errors import RegistryError, TopicError
 Kind = Literal["call", "event"]
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Routing keys and binding keys are AMQP short strings.
+MAX_TOPIC_BYTES = 255
+_KINDS: frozenset[str] = frozenset(typing.get_args(Kind))
+_WILDCARDS = frozenset("*#")
+#: Distinct (topic, kind) pairs remembered by `Registry.match` before its cache starts over.
+_CACHE_SIZE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Handler:
+    """A function registered for a topic pattern, as a call or an event handler."""
+
     pattern: str
     fn: Callable[..., Any]
     kind: Kind
@@ -24,96 +41,195 @@ class Handler:
 
 
 def words(topic: str) -> list[str]:
+    """Split a topic or pattern into its words; the empty string has none."""
     return [] if topic == "" else topic.split(".")
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
-    p, t = words(pattern), words(topic)
-    states = {0}
-    for w in t:
-        nxt: set[int] = set()
-        for i in _close(p, states):
-            if i < len(p):
-                if p[i] == "#":
-                    nxt.add(i)
-                elif p[i] == "*" or p[i] == w:
-                    nxt.add(i + 1)
-        states = nxt
-    return len(p) in _close(p, states)
+    """Return whether a topic-exchange binding `pattern` routes the routing key `topic`."""
+    pattern_words = words(pattern)
+    # The set of pattern positions the words read so far can end at: linear in both lengths.
+    states = _skip_hashes(pattern_words, {0})
+    for word in words(topic):
+        states = _skip_hashes(pattern_words, _step(pattern_words, states, word))
+        if not states:
+            return False
+    return len(pattern_words) in states
 
 
-def _close(p: list[str], states: set[int]) -> set[int]:
-    out = set(states)
-    for i in sorted(states):
-        j = i
-        while j < len(p) and p[j] == "#":
-            j += 1
-            out.add(j)
-    return out
+def _step(pattern_words: list[str], states: set[int], word: str) -> set[int]:
+    """Return the positions reached from `states` by reading one `word`."""
+    reached: set[int] = set()
+    for i in states:
+        if i == len(pattern_words):
+            continue
+        current = pattern_words[i]
+        if current == "#":
+            reached.add(i)
+        elif current == "*" or current == word:
+            reached.add(i + 1)
+    return reached
+
+
+def _skip_hashes(pattern_words: list[str], states: set[int]) -> set[int]:
+    """Add the positions reached from `states` by letting each `#` match no word."""
+    closed = set(states)
+    for i in states:
+        while i < len(pattern_words) and pattern_words[i] == "#":
+            i += 1
+            closed.add(i)
+    return closed
 
 
 def validate_pattern(pattern: str) -> str:
+    """Return `pattern` if the broker would bind it as intended, else raise `TopicError`."""
+    _check_key("pattern", pattern)
+    for word in words(pattern):
+        if len(word) > 1 and _WILDCARDS.intersection(word):
+            raise TopicError(
+                f"pattern {pattern!r} has the word {word!r}, which mixes a wildcard with other "
+                "characters: '*' and '#' are wildcards only as whole words"
+            )
     return pattern
 
 
 def validate_topic(topic: str) -> str:
-    if not isinstance(topic, str) or not topic or "*" in topic or "#" in topic:
-        raise TopicError(f"invalid topic {topic!r}")
+    """Return `topic` if it is a valid concrete routing key, else raise `TopicError`."""
+    _check_key("topic", topic)
+    if _WILDCARDS.intersection(topic):
+        raise TopicError(f"topic {topic!r} contains '*' or '#': wildcards belong in patterns, not topics")
+    if "" in words(topic):
+        raise TopicError(f"topic {topic!r} has an empty word (a leading, trailing or doubled '.')")
     return topic
 
 
+def _check_key(what: str, key: object) -> None:
+    """Raise `TopicError` unless `key` is a non-empty string of at most 255 UTF-8 bytes."""
+    if not isinstance(key, str):
+        raise TopicError(f"{what} must be a str, not {type(key).__name__}: {key!r}")
+    if not key:
+        raise TopicError(f"{what} must not be empty")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise TopicError(f"{what} {key!r} cannot be encoded as UTF-8: {exc.reason}") from exc
+    if size > MAX_TOPIC_BYTES:
+        raise TopicError(f"{what} {key[:40]!r}... is {size} bytes in UTF-8; the limit is {MAX_TOPIC_BYTES}")
+
+
 def default_kind(pattern: str) -> Kind:
+    """Return "call" for patterns whose first word is `rpc`, else "event"."""
     return "call" if words(pattern)[:1] == ["rpc"] else "event"
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    """Return `module.qualname` of a function, or of the class of a callable object."""
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _data_type(fn: Callable[..., Any]) -> Any:
+    """Return the annotation of `fn`'s first parameter, or `Any` when there is none to use."""
+    try:
+        parameter = next(iter(inspect.signature(fn).parameters.values()))
+    except (StopIteration, TypeError, ValueError):
+        return Any
+    try:
+        return typing.get_type_hints(_annotated(fn), include_extras=True).get(parameter.name, Any)
+    except Exception:  # any annotation of fn may be an unresolvable forward reference
+        raw = parameter.annotation
+        return Any if raw is inspect.Parameter.empty or isinstance(raw, str) else raw
+
+
+def _annotated(fn: Callable[..., Any]) -> Any:
+    """Return the function whose annotations describe how `fn` is called."""
+    if isinstance(fn, functools.partial):
+        return _annotated(fn.func)
+    if inspect.isroutine(fn):
+        return fn
+    return fn.__init__ if inspect.isclass(fn) else type(fn).__call__
+
+
 class Registry:
+    """Handlers by topic pattern and kind; `match` finds those a delivery's topic selects."""
+
     def __init__(self) -> None:
-        self._handlers: list[Handler] = []
         self._lock = threading.Lock()
+        # The handlers and their match cache, replaced together on every change: readers take no
+        # lock, and a reader's cache can only ever hold results computed from the handlers it read.
+        self._state: tuple[tuple[Handler, ...], dict[tuple[str, str], tuple[Handler, ...]]] = ((), {})
 
     def subscribe(self, pattern: str, *, kind: Kind | None = None) -> Callable[[F], F]:
-        def deco(fn: F) -> F:
+        """Return a decorator registering a function for `pattern` and returning it unchanged."""
+
+        def decorate(fn: F) -> F:
             self.add(pattern, fn, kind=kind)
             return fn
 
-        return deco
+        return decorate
 
     def add(self, pattern: str, fn: Callable[..., Any], *, kind: Kind | None = None) -> Handler:
-        kind = kind or default_kind(pattern)
-        try:
-            hints = typing.get_type_hints(fn)
-            params = list(hints)
-            data_type = hints[params[0]] if params and params[0] != "return" else Any
-        except Exception:
-            data_type = Any
-        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-        handler = Handler(pattern, fn, kind, name, data_type)
+        """Register `fn` for `pattern`; `kind` defaults to `default_kind(pattern)`.
+
+        Raises:
+            TopicError: the pattern is invalid.
+            RegistryError: `fn` is not callable, `kind` is unknown, or `fn` is already registered so.
+        """
+        validate_pattern(pattern)
+        if not callable(fn):
+            raise RegistryError(f"handler for {pattern!r} must be callable, not {type(fn).__name__}")
+        if kind is None:
+            kind = default_kind(pattern)
+        elif kind not in _KINDS:
+            raise RegistryError(f"kind must be 'call' or 'event', not {kind!r} (pattern {pattern!r})")
+        handler = Handler(pattern, fn, kind, _name(fn), _data_type(fn))
         with self._lock:
-            self._handlers.append(handler)
+            handlers = self._state[0]
+            if any(h.fn == fn and h.pattern == pattern and h.kind == kind for h in handlers):
+                raise RegistryError(
+                    f"{handler.name} is already registered as the {kind} handler of {pattern!r}"
+                )
+            self._state = ((*handlers, handler), {})
         return handler
 
     def match(self, topic: str, kind: Kind) -> tuple[Handler, ...]:
-        return tuple(h for h in self._handlers if h.kind == kind and topic_matches(h.pattern, topic))
+        """Return the handlers of `kind` whose pattern matches `topic`, in registration order."""
+        handlers, cache = self._state
+        key = (topic, kind)
+        found = cache.get(key)
+        if found is None:
+            found = tuple(h for h in handlers if h.kind == kind and topic_matches(h.pattern, topic))
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = found
+        return found
 
     def patterns(self, kind: Kind) -> tuple[str, ...]:
-        return tuple(sorted({h.pattern for h in self._handlers if h.kind == kind}))
+        """Return the sorted, distinct binding keys of the handlers of `kind`."""
+        return tuple(sorted({h.pattern for h in self._state[0] if h.kind == kind}))
 
     def kinds(self) -> frozenset[Kind]:
-        return frozenset(h.kind for h in self._handlers)
+        """Return the kinds that have at least one handler."""
+        return frozenset(h.kind for h in self._state[0])
 
     @property
     def handlers(self) -> tuple[Handler, ...]:
-        return tuple(self._handlers)
+        """Return every handler, in registration order."""
+        return self._state[0]
 
     def __len__(self) -> int:
-        return len(self._handlers)
+        return len(self._state[0])
+
+    def clear(self) -> None:
+        """Remove every handler."""
+        with self._lock:
+            self._state = ((), {})
 
 
 default_registry = Registry()
 
 
 def subscribe(pattern: str, *, kind: Kind | None = None) -> Callable[[F], F]:
+    """Return a decorator registering a function on the default registry (see `Registry.subscribe`)."""
     return default_registry.subscribe(pattern, kind=kind)
-
-
-_ = RegistryError
