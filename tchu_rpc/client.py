@@ -9,6 +9,7 @@ that no queue is bound to fails with `NoRoute` at once; replies are matched by c
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 import uuid
@@ -94,14 +95,14 @@ class Client:
             RemoteError: the handler (or the worker) failed; see its `type` and `message`.
             ConnectionLost: the connection failed while the call was in flight.
         """
-        future = self.call_async(topic, data, timeout=timeout, idempotent=idempotent)
-        return _wait(future, timeout or self.settings.call_timeout, topic)
+        timeout = _timeout(timeout, self.settings.call_timeout)
+        return _wait(self._submit("call", topic, data, timeout, idempotent), timeout, topic)
 
     def call_async(
         self, topic: str, data: Any, *, timeout: float | None = None, idempotent: bool = False
     ) -> futures.Future[Any]:
         """Start a call and return a future of its result; it fails by its deadline at the latest."""
-        return self._submit("call", topic, data, timeout or self.settings.call_timeout, idempotent)
+        return self._submit("call", topic, data, _timeout(timeout, self.settings.call_timeout), idempotent)
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """Broadcast an event and return once the broker confirmed it.
@@ -110,7 +111,7 @@ class Client:
         `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
         silently. Events are persistent; every queue bound to a matching pattern gets a copy.
         """
-        timeout = timeout or self.settings.publish_timeout
+        timeout = _timeout(timeout, self.settings.publish_timeout)
         _wait(self._submit("event", topic, data, timeout, True), timeout, topic)
 
     def close(self) -> None:
@@ -305,6 +306,14 @@ class Client:
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in list(self._pending.items()):
             self._settle(message_id, make_error(pending))
+
+
+def _timeout(timeout: float | None, default: float) -> float:
+    if timeout is None:
+        return default
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return timeout
 
 
 def _wait(future: futures.Future[Any], timeout: float, topic: str) -> Any:

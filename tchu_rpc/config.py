@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -59,15 +60,16 @@ class Settings:
     reconnect_delay_max: float = 5.0
 
     def __post_init__(self) -> None:
-        positive = ("call_timeout", "publish_timeout", "connect_timeout", "max_message_bytes")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("call_concurrency", "event_concurrency", "event_prefetch", "delivery_limit"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.heartbeat < 0 or self.shutdown_grace < 0:
-            raise ConfigError("heartbeat and shutdown_grace must not be negative")
+        for name, (low, inclusive) in _LOWER_BOUNDS.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                bound = f"at least {low}" if inclusive else f"above {low}"
+                raise ConfigError(f"{name} must be {bound}, got {value!r}")
+        if self.reconnect_delay_max < self.reconnect_delay:
+            raise ConfigError(
+                f"reconnect_delay_max ({self.reconnect_delay_max!r}) must be at least "
+                f"reconnect_delay ({self.reconnect_delay!r})"
+            )
         if self.serializer not in ("json", "msgpack"):
             raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
         if self.queue_type not in ("classic", "quorum"):
@@ -92,6 +94,23 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+#: Numeric settings and their lower bound (whether the bound itself is allowed).
+_LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
+    "call_timeout": (0, False),
+    "publish_timeout": (0, False),
+    "connect_timeout": (0, False),
+    "max_message_bytes": (0, False),
+    "reconnect_delay": (0, False),
+    "reconnect_delay_max": (0, False),
+    "heartbeat": (0, True),
+    "shutdown_grace": (0, True),
+    "call_concurrency": (1, True),
+    "event_concurrency": (1, True),
+    "event_prefetch": (1, True),
+    "delivery_limit": (1, True),
+}
+
+
 def _convert(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
     try:
@@ -100,5 +119,6 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError as exc:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a {kind}") from exc
+        what = "an integer" if kind == "int" else "a number"
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not {what}") from exc
     return raw

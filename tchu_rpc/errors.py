@@ -91,3 +91,10 @@ class RpcError(TchuError):
         self.message = message
         self.code = code
         self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_rpc_error, (type(self), self.message, self.code, self.details))
+
+
+def _rebuild_rpc_error(cls: type[RpcError], message: str, code: str | None, details: Any) -> RpcError:
+    return cls(message, code=code, details=details)

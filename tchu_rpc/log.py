@@ -7,6 +7,7 @@ no structlog set-up of their own.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 logger: Any = structlog.get_logger("tchu_rpc")
+#: A `;` that starts another URL (not one inside a password).
+_FAILOVER_SPLIT = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 def debug(event: str, **fields: Any) -> None:
@@ -27,16 +30,17 @@ def debug(event: str, **fields: Any) -> None:
 
 
 def mask_url(url: str) -> str:
-    """Return the URL with any password replaced by `***`."""
+    """Return the URL (or kombu's `;`-separated failover URLs) with every password replaced by `***`."""
+    return ";".join(_mask_one(part) for part in _FAILOVER_SPLIT.split(url))
+
+
+def _mask_one(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def configure(level: str = "info", json: bool = False) -> None:

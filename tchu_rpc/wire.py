@@ -116,7 +116,7 @@ def encode(codec: Codec, value: Any, limit: int) -> bytes:
     """Encode `value`, raising `EncodeError` or `MessageTooLarge` with the reason."""
     try:
         body = codec.encode(value)
-    except (TypeError, NotImplementedError, OverflowError, msgspec.EncodeError) as exc:
+    except (TypeError, NotImplementedError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise EncodeError(f"cannot encode {type(value).__name__} as {codec.content_type}: {exc}") from exc
     check_size(len(body), limit)
     return body

@@ -1,0 +1,132 @@
+"""The `tchu-rpc` shell: argument parsing, usage errors, and the in-memory demo."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tchu_rpc import cli
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keep `main()` from reconfiguring structlog for the whole test session; clear TCHU_RPC_*."""
+    levels: list[str] = []
+    # cli.configure caches loggers on first use, which would defeat capture_logs in later tests.
+    monkeypatch.setattr(cli, "configure", lambda level="info", json=False: levels.append(level))
+    for name in [n for n in os.environ if n.startswith("TCHU_RPC_")]:
+        monkeypatch.delenv(name)
+    return levels
+
+
+def test_worker_arguments_parse() -> None:
+    args = cli.build_parser().parse_args(
+        [
+            "worker",
+            "mod1",
+            "mod2",
+            "--queue",
+            "q",
+            "--concurrency",
+            "4",
+            "--broker",
+            "amqp://rabbit//",
+            "--event-prefetch",
+            "5",
+        ]
+    )
+    assert args.command == "worker"
+    assert args.modules == ["mod1", "mod2"]
+    assert args.queue == "q"
+    assert args.concurrency == 4
+    assert args.broker == "amqp://rabbit//"
+    assert args.event_prefetch == 5
+    assert args.call_threads is None
+    assert args.event_threads is None
+    assert args.log_level == "info"
+
+
+def test_worker_defaults_to_one_process() -> None:
+    args = cli.build_parser().parse_args(["worker", "mod", "--queue", "q"])
+    assert (args.concurrency, args.broker, args.event_prefetch) == (1, None, None)
+
+
+def test_call_arguments_parse() -> None:
+    args = cli.build_parser().parse_args(["call", "topic", '{"a":1}', "--timeout", "2"])
+    assert (args.command, args.topic, args.data, args.timeout) == ("call", "topic", '{"a":1}', 2.0)
+    assert args.broker is None
+
+
+def test_publish_arguments_parse() -> None:
+    args = cli.build_parser().parse_args(["publish", "user.created", '{"id": 3}', "--broker", "amqp://x//"])
+    assert (args.command, args.topic, args.data) == ("publish", "user.created", '{"id": 3}')
+    assert (args.timeout, args.broker) == (None, "amqp://x//")
+
+
+def test_demo_arguments_parse() -> None:
+    args = cli.build_parser().parse_args(["demo", "--broker", "amqp://rabbit//"])
+    assert (args.command, args.broker) == ("demo", "amqp://rabbit//")
+
+
+def test_demo_defaults_to_the_memory_transport() -> None:
+    assert cli.build_parser().parse_args(["demo"]).broker == "memory://"
+
+
+def test_global_log_level_parses_before_the_command() -> None:
+    args = cli.build_parser().parse_args(["--log-level", "debug", "demo"])
+    assert args.log_level == "debug"
+
+
+def test_worker_without_queue_exits_with_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["worker", "mod"])
+    assert info.value.code == 2
+    assert "--queue" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["call", "topic"], ["worker", "--queue", "q"]])
+def test_bad_command_lines_exit_with_usage_error(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["call", "publish"])
+def test_data_that_is_not_json_exits_with_a_clear_message(command: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "rpc.x", "not json"])
+    assert isinstance(info.value.code, str)
+    assert info.value.code.startswith("tchu-rpc: data is not JSON")
+
+
+def test_invalid_setting_exits_1_with_the_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # Settings are checked before any handler module is imported or any process spawned.
+    code = cli.main(["worker", "no_such_module_anywhere", "--queue", "q", "--event-prefetch", "0"])
+    assert code == 1
+    assert "tchu-rpc: ConfigError: event_prefetch must be at least 1" in capsys.readouterr().err
+
+
+def test_invalid_environment_exits_1_with_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TCHU_RPC_CALL_TIMEOUT", "soon")
+    assert cli.main(["call", "rpc.x", "{}"]) == 1
+    assert "TCHU_RPC_CALL_TIMEOUT" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(10)
+def test_demo_runs_in_memory_and_returns_0(capsys: pytest.CaptureFixture[str], _isolated: list[str]) -> None:
+    # Given no broker at all: the demo defaults to kombu's memory:// transport
+    # When it runs through the CLI
+    code = cli.main(["demo"])
+
+    # Then the call, the remote error and the event all happened
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tchu_rpc demo on memory://" in out
+    assert "-> {'id': 1, 'name': 'Ada'}" in out
+    assert "RemoteError RpcError code=not_found" in out
+    event_line = next(line for line in out.splitlines() if line.startswith("event "))
+    assert event_line.endswith(": True")
+    assert _isolated == ["warning"]
