@@ -91,10 +91,14 @@ class Dispatcher:
         logger.error(
             "delivery_limit_reached", service=self.service, deliveries=deliveries, **describe(message)
         )
+        return self.refuse(kind, message, "DeliveryLimitExceeded", reason)
+
+    def refuse(self, kind: Kind, message: Any, type_name: str, reason: str) -> Outcome:
+        """Dead-letter a message without running it; answer it with an error if it is a call."""
         if kind == "call" and _answerable(message):
-            info = wire.ErrorInfo("DeliveryLimitExceeded", reason)
+            info = wire.ErrorInfo(type_name, reason)
             return _failure(_codec_or_json(message), info, dead=True, answer=True)
-        return Outcome(dead_reason=reason)
+        return Outcome(dead_reason=f"{type_name}: {reason}")
 
     def _call_handler(self, topic: str) -> Handler:
         handlers = self.registry.match(topic, "call")

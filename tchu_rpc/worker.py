@@ -14,6 +14,7 @@ unhandleable message goes is listed in `dispatch` and the README.
 
 from __future__ import annotations
 
+import codecs
 import signal
 import threading
 import time
@@ -32,6 +33,13 @@ from tchu_rpc.log import logger, mask_url
 from tchu_rpc.loop import Loop
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
+
+
+def _text_encoding(name: str | None) -> str:
+    try:
+        return codecs.lookup(name or "utf-8").name
+    except LookupError:
+        return "utf-8"
 
 
 @dataclass(slots=True, eq=False)
@@ -177,6 +185,7 @@ class Worker:
             queues=[queue],
             auto_declare=False,
             on_message=partial(self._receive, kind, self._loop.generation),
+            on_decode_error=partial(self._undecodable, kind, self._loop.generation),
         )
         consumer.qos(prefetch_count=prefetch)
         consumer.consume()
@@ -184,6 +193,8 @@ class Worker:
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._inflight += 1
+        if isinstance(message.body, str):  # py-amqp decodes bodies that name a content encoding
+            message.body = message.body.encode(_text_encoding(message.content_encoding))
         job = _Job(kind, generation, message)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
@@ -193,6 +204,14 @@ class Worker:
             self._send_then_ack(job, [self._counted_copy(kind, message, earlier)])
         else:
             self._lanes[kind].submit(job)
+
+    def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
+        """kombu could not even unpack the message (for example a bad `compression` header)."""
+        self._inflight += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        self._finish(
+            _Job(kind, generation, message), self._dispatcher.refuse(kind, message, "DecodeError", reason)
+        )
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
@@ -266,17 +285,19 @@ class Worker:
         )
 
     def _ack(self, job: _Job, ok: bool) -> None:
-        if ok:
-            job.message.ack()
-        else:
-            job.message.reject(requeue=True)
-        log.debug(
-            "message_acked" if ok else "message_requeued",
-            service=self.service,
-            duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
-            **describe(job.message),
-        )
-        self._done()
+        try:
+            if ok:
+                job.message.ack()
+            else:
+                job.message.reject(requeue=True)
+            log.debug(
+                "message_acked" if ok else "message_requeued",
+                service=self.service,
+                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+                **describe(job.message),
+            )
+        finally:
+            self._done()
 
     def _done(self) -> None:
         with self._idle:

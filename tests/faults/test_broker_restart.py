@@ -1,0 +1,110 @@
+"""A broker restart (a private node, shared by the tests of this module) loses no event, and
+clients and workers recover from it without a process restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fault_support import is_quorum, queue_depth
+from rabbit_node import RabbitNode
+
+from tchu_rpc import CallTimeout, ConnectionLost, Registry
+from tchu_rpc.testing import TchuFactory
+
+EVENTS = 300
+RECOVER_WITHIN = 10.0
+
+
+@pytest.fixture
+def node_tchu(rabbit_node: RabbitNode) -> Iterator[TchuFactory]:
+    """Yield a factory of isolated clients and workers on the private node."""
+    factory = TchuFactory(rabbit_node.url)
+    yield factory
+    factory.cleanup()
+
+
+class Inbox:
+    """Collect the `n` of each event received; `wait(count)` blocks until that many distinct arrived."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._changed = threading.Condition()
+
+    def add(self, data: dict[str, Any]) -> None:
+        with self._changed:
+            self.seen.append(data["n"])
+            self._changed.notify_all()
+
+    def wait(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(set(self.seen)) >= count, timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_confirmed_events_for_a_stopped_worker_survive_a_broker_restart(
+    node_tchu: TchuFactory, rabbit_node: RabbitNode, queue_type: str
+) -> None:
+    node_tchu.settings = node_tchu.settings.replace(queue_type=queue_type)
+    inbox = Inbox()
+    registry = Registry()
+    registry.subscribe("restart.happened")(inbox.add)
+
+    # Given the service's queues declared and its worker stopped
+    node_tchu.worker(registry, "events").stop()
+    # And EVENTS events published, each confirmed by the broker
+    with node_tchu.client() as client:
+        for n in range(EVENTS):
+            client.publish("restart.happened", {"n": n}, timeout=10)
+    service = node_tchu.service("events")
+    assert queue_depth(rabbit_node.url, f"{service}.events") == EVENTS
+    assert is_quorum(rabbit_node.url, f"{service}.events") == (queue_type == "quorum")
+
+    # When the broker restarts
+    rabbit_node.restart()
+    kept = queue_depth(rabbit_node.url, f"{service}.events")
+
+    # Then a new worker receives every one of them
+    node_tchu.worker(registry, "events")
+    assert inbox.wait(EVENTS, 30), f"{kept} kept by the broker; received {len(set(inbox.seen))} of {EVENTS}"
+    assert sorted(set(inbox.seen)) == list(range(EVENTS))
+    assert kept == EVENTS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_worker_and_client_recover_from_a_broker_restart_without_a_process_restart(
+    node_tchu: TchuFactory, rabbit_node: RabbitNode
+) -> None:
+    registry = Registry()
+
+    @registry.subscribe("rpc.restart.ping")
+    def ping(data: int) -> int:
+        return data + 1
+
+    # Given a worker and a client that have talked
+    node_tchu.worker(registry, "recover")
+    client = node_tchu.client()
+    assert client.call("rpc.restart.ping", 1, timeout=5) == 2
+
+    # When the broker restarts
+    rabbit_node.restart()
+    back = time.monotonic()
+
+    # Then the same worker and client serve calls again within RECOVER_WITHIN seconds
+    failures: list[str] = []
+    while True:
+        try:
+            assert client.call("rpc.restart.ping", 41, timeout=1.0) == 42
+            break
+        except (ConnectionLost, CallTimeout) as exc:
+            failures.append(type(exc).__name__)
+        assert time.monotonic() - back < RECOVER_WITHIN, f"no call succeeded; failures: {failures}"
+    recovered = time.monotonic() - back
+    assert recovered < RECOVER_WITHIN
+    assert [client.call("rpc.restart.ping", n, timeout=5) for n in range(20)] == list(range(1, 21))
