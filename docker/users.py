@@ -1,4 +1,4 @@
-"""Example handlers for the compose file's `users` service: `tchu-rpc worker docker/users.py --queue users`."""
+"""Example handlers of the compose file's `users` service: `tchu-rpc worker docker/users.py --queue users`."""
 
 from __future__ import annotations
 
