@@ -2,13 +2,14 @@
 
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
-from tchu_rpc.delivery import Delivery, current_delivery
+from tchu_rpc.delivery import Delivery, current_delivery, report_progress
 from tchu_rpc.errors import (
     CallTimeout,
     ConfigError,
     ConnectionLost,
     DecodeError,
     EncodeError,
+    HandlerTimeLimit,
     MessageTooLarge,
     NoRoute,
     PublishFailed,
@@ -19,6 +20,7 @@ from tchu_rpc.errors import (
     TopicError,
 )
 from tchu_rpc.registry import Handler, Registry, default_registry, subscribe
+from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 from tchu_rpc.worker import Worker
 
 __version__ = "0.1.0"
@@ -32,12 +34,15 @@ __all__ = [
     "Delivery",
     "EncodeError",
     "Handler",
+    "HandlerTimeLimit",
     "MessageTooLarge",
     "NoRoute",
     "PublishFailed",
+    "RedisReplyCache",
     "Registry",
     "RegistryError",
     "RemoteError",
+    "ReplyCache",
     "RpcError",
     "Settings",
     "TchuError",
@@ -46,5 +51,6 @@ __all__ = [
     "__version__",
     "current_delivery",
     "default_registry",
+    "report_progress",
     "subscribe",
 ]

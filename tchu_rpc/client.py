@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,8 +30,8 @@ from tchu_rpc.errors import (
     DecodeError,
     NoRoute,
     PublishFailed,
-    RemoteError,
     TchuError,
+    remote_error,
 )
 from tchu_rpc.log import logger
 from tchu_rpc.loop import Loop, is_amqp
@@ -47,8 +48,11 @@ class _Pending:
     kind: str  # "call" or "event"
     topic: str
     body: bytes
-    deadline: float  # time.monotonic()
+    deadline: float  # time.monotonic(); progress from the handler moves it
     retry: bool  # publish again after a lost connection (events, idempotent calls)
+    timeout: float = 0.0  # how far each progress report moves the deadline
+    latest: float = math.inf  # the furthest progress may move the deadline (from max_timeout)
+    on_progress: Callable[[Any], None] | None = None
     sent: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -82,27 +86,49 @@ class Client:
         )
 
     # -- public API ---------------------------------------------------------------------------
-    def call(self, topic: str, data: Any, *, timeout: float | None = None, idempotent: bool = False) -> Any:
+    def call(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        max_timeout: float | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> Any:
         """Call the handler of `topic` with `data` and return its result.
 
         With `idempotent=True`, a call whose connection is lost before the reply came is published
         again (same message id) once the client has reconnected, until its timeout: the handler may
         then run more than once, so only use it for handlers that tolerate that.
 
+        Each `report_progress(info)` of the handler moves the call's deadline to `timeout` seconds
+        after it arrived, but never past `max_timeout` seconds after the call began (default: no
+        bound), and passes `info` to `on_progress`, which runs on the client's I/O thread: keep it
+        short.
+
         Raises:
-            CallTimeout: no reply within `timeout` seconds.
+            CallTimeout: no reply within `timeout` seconds (of the start, or of the last progress).
             NoRoute: no service is bound for `topic` on the calls exchange.
             RemoteError: the handler (or the worker) failed; see its `type` and `message`.
+            HandlerTimeLimit: the handler ran past the worker's `handler_time_limit`.
             ConnectionLost: the connection failed while the call was in flight.
         """
-        timeout = _timeout(timeout, self.settings.call_timeout)
-        return _wait(self._submit("call", topic, data, timeout, idempotent), timeout, topic)
+        pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
+        return _wait(pending, topic)
 
     def call_async(
-        self, topic: str, data: Any, *, timeout: float | None = None, idempotent: bool = False
+        self,
+        topic: str,
+        data: Any,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        max_timeout: float | None = None,
+        on_progress: Callable[[Any], None] | None = None,
     ) -> futures.Future[Any]:
         """Start a call and return a future of its result; it fails by its deadline at the latest."""
-        return self._submit("call", topic, data, _timeout(timeout, self.settings.call_timeout), idempotent)
+        return self._call(topic, data, timeout, idempotent, max_timeout, on_progress).future
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """Broadcast an event and return once the broker confirmed it.
@@ -112,7 +138,7 @@ class Client:
         silently. Events are persistent; every queue bound to a matching pattern gets a copy.
         """
         timeout = _timeout(timeout, self.settings.publish_timeout)
-        _wait(self._submit("event", topic, data, timeout, True), timeout, topic)
+        _wait(self._submit("event", topic, data, timeout, True), topic)
 
     def close(self) -> None:
         """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
@@ -134,20 +160,49 @@ class Client:
         return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._pending)}>"
 
     # -- caller threads -----------------------------------------------------------------------
-    def _submit(self, kind: str, topic: str, data: Any, timeout: float, retry: bool) -> futures.Future[Any]:
+    def _call(
+        self,
+        topic: str,
+        data: Any,
+        timeout: float | None,
+        idempotent: bool,
+        max_timeout: float | None,
+        on_progress: Callable[[Any], None] | None,
+    ) -> _Pending:
+        timeout = _timeout(timeout, self.settings.call_timeout)
+        latest = math.inf
+        if max_timeout is not None:
+            latest = _timeout(max_timeout, max_timeout)
+            if latest < timeout:
+                raise ValueError(f"max_timeout ({max_timeout!r}) must be at least timeout ({timeout!r})")
+        return self._submit("call", topic, data, timeout, idempotent, latest, on_progress)
+
+    def _submit(
+        self,
+        kind: str,
+        topic: str,
+        data: Any,
+        timeout: float,
+        retry: bool,
+        max_timeout: float = math.inf,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> _Pending:
         if self._closed:
             raise ConnectionLost("the client is closed")
         validate_topic(topic)
         body = wire.encode(self._codec, data, self.settings.max_message_bytes)
         message_id = uuid.uuid4().hex
         future: futures.Future[Any] = futures.Future()
-        deadline = time.monotonic() + timeout
-        self._pending[message_id] = _Pending(future, kind, topic, body, deadline, retry)
+        now = time.monotonic()
+        deadline = now + timeout
+        latest = now + max_timeout
+        pending = _Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
+        self._pending[message_id] = pending
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, message_id))
         self._loop.start()
         self._loop.submit(partial(self._send, message_id))
-        return future
+        return pending
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _connected(self, conn: Connection) -> None:
@@ -233,20 +288,46 @@ class Client:
         correlation_id = message.properties.get("correlation_id") or ""
         pending = self._pending.get(correlation_id)
         if pending is None or pending.kind != "call":
-            outcome = self._recent.get(correlation_id, "unknown")
-            logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
+            self._dropped(correlation_id, message)
             return
         try:
             codec = wire.codec_of(message.content_type)
-            reply = wire.decode_reply(codec, message.body)
+            reply = wire.decode_envelope(codec, message.body)
         except DecodeError as exc:
             self._settle(correlation_id, exc)
             return
-        if isinstance(reply, wire.Failure):
+        if isinstance(reply, wire.Progress):
+            self._progressed(correlation_id, pending, reply.info)
+        elif isinstance(reply, wire.Failure):
             err = reply.error
-            self._settle(correlation_id, RemoteError(err.type, err.message, err.code, err.details))
+            self._settle(correlation_id, remote_error(err.type, err.message, err.code, err.details))
         else:
             self._settle(correlation_id, reply.result)
+
+    def _progressed(self, message_id: str, pending: _Pending, info: Any) -> None:
+        deadline = min(time.monotonic() + pending.timeout, pending.latest)
+        if deadline > pending.deadline:
+            pending.deadline = deadline
+            with self._lock:
+                heapq.heappush(self._deadlines, (deadline, message_id))
+        log.debug("call_progressed", topic=pending.topic, correlation_id=message_id)
+        if pending.on_progress is not None:
+            try:
+                pending.on_progress(info)
+            except Exception as exc:  # the caller's callback must not break the I/O thread
+                logger.warning("progress_callback_failed", topic=pending.topic, error=str(exc))
+
+    def _dropped(self, correlation_id: str, message: Any) -> None:
+        try:
+            envelope = wire.decode_envelope(wire.codec_of(message.content_type), message.body)
+            progress = isinstance(envelope, wire.Progress)
+        except DecodeError:
+            progress = False
+        outcome = self._recent.get(correlation_id, "unknown")
+        if progress:  # a handler still reporting after its call settled: expected, not a fault
+            log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome)
+        else:
+            logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
 
     def _settle(self, message_id: str, outcome: Any) -> None:
         pending = self._pending.pop(message_id, None)
@@ -279,7 +360,7 @@ class Client:
             next_due = deadlines[0][0] if deadlines else None
         for message_id in due:
             pending = self._pending.get(message_id)
-            if pending is not None:
+            if pending is not None and pending.deadline <= now:  # else progress moved it
                 self._settle(message_id, self._expired(pending))
         return next_due
 
@@ -316,8 +397,13 @@ def _timeout(timeout: float | None, default: float) -> float:
     return timeout
 
 
-def _wait(future: futures.Future[Any], timeout: float, topic: str) -> Any:
-    try:
-        return future.result(timeout + _GRACE)
-    except futures.TimeoutError:
-        raise CallTimeout(f"no answer for {topic!r}: the client's I/O thread is stuck") from None
+def _wait(pending: _Pending, topic: str) -> Any:
+    while True:
+        # The deadline may move (progress), so wait in steps up to the deadline seen each time.
+        try:
+            return pending.future.result(max(0.0, pending.deadline - time.monotonic()) + _GRACE)
+        except futures.TimeoutError:
+            if pending.future.done():
+                raise  # the call's own CallTimeout (a TimeoutError too), not a wait that ran out
+            if time.monotonic() >= pending.deadline + _GRACE:
+                raise CallTimeout(f"no answer for {topic!r}: the client's I/O thread is stuck") from None

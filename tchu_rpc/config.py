@@ -58,10 +58,30 @@ class Settings:
     #: First and largest pause between reconnection attempts, in seconds.
     reconnect_delay: float = 0.2
     reconnect_delay_max: float = 5.0
+    #: Longest a call handler may run before its caller gets `HandlerTimeLimit` and the request is
+    #: acked (None: no limit). Below `broker_consumer_timeout`, so a stuck handler is answered
+    #: instead of having its channel closed by the broker and its request redelivered.
+    handler_time_limit: float | None = 1500.0
+    #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes; None: off). A
+    #: client cannot read it, so it is a setting: workers warn at start when calls may outlive it.
+    broker_consumer_timeout: float | None = 1800.0
+    #: How long a worker's reply cache keeps a reply, in seconds.
+    reply_cache_ttl: float = 3600.0
+    #: TLS: CA bundle that signs the broker's certificate (default: the system's CAs).
+    tls_ca_file: str | None = None
+    #: TLS client certificate and its private key, for brokers that ask for one.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    #: TLS: check the broker's certificate and host name (turn off only for tests).
+    tls_verify: bool = True
+    #: TLS: the name the broker's certificate must carry (default: the host of the broker URL).
+    tls_server_hostname: str | None = None
 
     def __post_init__(self) -> None:
         for name, (low, inclusive) in _LOWER_BOUNDS.items():
             value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
                 bound = f"at least {low}" if inclusive else f"above {low}"
                 raise ConfigError(f"{name} must be {bound}, got {value!r}")
@@ -76,6 +96,22 @@ class Settings:
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if not self.broker_url:
             raise ConfigError("broker_url must not be empty")
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ConfigError("tls_key_file needs tls_cert_file (the certificate of that key)")
+        if self.tls_server_hostname and not self.tls_verify:
+            raise ConfigError("tls_server_hostname cannot be checked with tls_verify off")
+
+    def __repr__(self) -> str:
+        from tchu_rpc.log import mask_url
+
+        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "broker_url")
+        return f"Settings(broker_url={mask_url(self.broker_url)!r}, {', '.join(shown)})"
+
+    @property
+    def tls(self) -> bool:
+        """Tell whether connections use TLS: an `amqps://` URL, or any `tls_*` setting changed."""
+        changed = any(getattr(self, name) != _DEFAULTS[name] for name in _TLS_FIELDS)
+        return changed or any(part.startswith("amqps://") for part in self.broker_url.split(";"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -108,11 +144,31 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "event_concurrency": (1, True),
     "event_prefetch": (1, True),
     "delivery_limit": (1, True),
+    "handler_time_limit": (0, False),
+    "broker_consumer_timeout": (0, False),
+    "reply_cache_ttl": (0, False),
 }
+#: Settings that may be None (no limit).
+_OPTIONAL = frozenset({"handler_time_limit", "broker_consumer_timeout"})
+_TLS_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tls_server_hostname")
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _convert(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
+    if kind.endswith(" | None"):
+        if raw.strip().lower() == "none":
+            return None
+        kind = kind.removesuffix(" | None")
+    if kind == "bool":
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise ConfigError(
+                f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean (1/true/yes or 0/false/no)"
+            )
+        return word in _TRUE
     try:
         if kind == "int":
             return int(raw)

@@ -1,7 +1,8 @@
-"""The delivery a handler is working on, readable from inside the handler with `current_delivery()`."""
+"""The delivery a handler works on (`current_delivery()`), and `report_progress()` for long calls."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,3 +33,25 @@ _current: ContextVar[Delivery | None] = ContextVar("tchu_rpc_delivery", default=
 def current_delivery() -> Delivery | None:
     """Return the delivery the calling handler runs for, or None outside a handler."""
     return _current.get()
+
+
+#: Sends a progress message for the call the current handler runs for; set by the worker.
+_reporter: ContextVar[Callable[[Any], bool] | None] = ContextVar("tchu_rpc_reporter", default=None)
+
+
+def report_progress(info: Any = None) -> bool:
+    """Tell the caller of the running call that its handler is still working.
+
+    The caller's client extends the call's deadline by its original timeout (up to the call's
+    `max_timeout`) and passes `info` to the call's `on_progress` callback. Call it from the handler's
+    own thread, now and then (every few seconds, not in a tight loop): each report is one message.
+
+    Returns:
+        True if a progress message was queued; False outside a call handler (in an event handler,
+        on another thread) or once the call was answered already (its time limit passed).
+
+    Raises:
+        EncodeError, MessageTooLarge: `info` cannot be sent.
+    """
+    reporter = _reporter.get()
+    return False if reporter is None else reporter(info)

@@ -7,15 +7,17 @@ to the worker's I/O thread, which publishes, waits for the broker's confirms, th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tchu_rpc import log, wire
+from tchu_rpc import log, reply_cache, wire
 from tchu_rpc.config import Settings
-from tchu_rpc.delivery import Delivery, _current
-from tchu_rpc.errors import DecodeError, MessageTooLarge, RpcError
+from tchu_rpc.delivery import Delivery, _current, _reporter
+from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, RpcError
 from tchu_rpc.log import logger
 from tchu_rpc.registry import Handler, Kind, Registry
+from tchu_rpc.reply_cache import ReplyCache
 
 #: How many earlier deliveries of a message on a classic queue the worker has counted.
 HEADER_DELIVERIES = "x-tchu-deliveries"
@@ -30,18 +32,40 @@ class Outcome:
     reply: bytes | None = None
     content_type: str = wire.JSON
     dead_reason: str | None = None
+    #: The reply is the handler's result (not an error): a reply cache may keep it.
+    cacheable: bool = False
 
 
 class Dispatcher:
     """Turn deliveries into outcomes by running a registry's handlers."""
 
-    def __init__(self, service: str, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self, service: str, registry: Registry, settings: Settings, cache: ReplyCache | None = None
+    ) -> None:
         self.service = service
         self.registry = registry
         self.limit = settings.max_message_bytes
+        self.cache = cache
+        self.cache_ttl = settings.reply_cache_ttl
 
-    def call(self, message: Any) -> Outcome:
-        """Run the one handler of a call and return the reply to send."""
+    def call(self, message: Any, report: Callable[[Any], bool] | None = None) -> Outcome:
+        """Return the reply to a call: from the reply cache, else by running its one handler.
+
+        `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
+        """
+        cache, message_id = self.cache, message.properties.get("message_id")
+        if cache is None or not message_id:
+            return self._call(message, report)
+        cached = reply_cache.lookup(cache, message_id, {"service": self.service, **describe(message)})
+        if cached is not None:
+            return Outcome(reply=cached[0], content_type=cached[1])
+        outcome = self._call(message, report)
+        if outcome.cacheable and outcome.reply is not None:
+            # Stored before the reply is published, so a crash between reply and ack is covered.
+            reply_cache.store(cache, message_id, outcome.reply, outcome.content_type, self.cache_ttl)
+        return outcome
+
+    def _call(self, message: Any, report: Callable[[Any], bool] | None) -> Outcome:
         answerable = _answerable(message)
         delivery = delivery_of("call", message)
         if delivery.deadline is not None and time.time() > delivery.deadline:
@@ -60,7 +84,13 @@ class Dispatcher:
             return _failure(codec, info, dead=not answerable, answer=answerable)
         if not answerable:
             return Outcome(dead_reason="call without reply_to or correlation_id: nobody to answer")
-        reply = self._invoke(handler, data, delivery)
+        reply = self._invoke(handler, data, delivery, report)
+        if isinstance(reply, wire.Result):
+            try:
+                body = wire.encode(codec, reply, self.limit)
+                return Outcome(reply=body, content_type=codec.content_type, cacheable=True)
+            except (EncodeError, MessageTooLarge):
+                pass  # encode_reply turns it into a Failure saying why
         return Outcome(reply=wire.encode_reply(codec, reply, self.limit), content_type=codec.content_type)
 
     def event(self, message: Any) -> Outcome:
@@ -93,6 +123,15 @@ class Dispatcher:
         )
         return self.refuse(kind, message, "DeliveryLimitExceeded", reason)
 
+    def timed_out(self, message: Any, limit: float) -> Outcome:
+        """Answer a call whose handler outran the time limit; its thread keeps running."""
+        info = wire.ErrorInfo(
+            "HandlerTimeLimit",
+            f"the handler ran longer than the worker's time limit of {limit:g} s; it may still be "
+            "running, and its result will be discarded",
+        )
+        return _failure(_codec_or_json(message), info, dead=False, answer=_answerable(message))
+
     def refuse(self, kind: Kind, message: Any, type_name: str, reason: str) -> Outcome:
         """Dead-letter a message without running it; answer it with an error if it is a call."""
         if kind == "call" and _answerable(message):
@@ -109,8 +148,11 @@ class Dispatcher:
         names = ", ".join(h.name for h in handlers)
         raise _Unanswerable("AmbiguousTopic", f"call {topic!r} matches {len(handlers)} handlers: {names}")
 
-    def _invoke(self, handler: Handler, data: Any, delivery: Delivery) -> wire.Reply:
+    def _invoke(
+        self, handler: Handler, data: Any, delivery: Delivery, report: Callable[[Any], bool] | None = None
+    ) -> wire.Reply:
         token = _current.set(delivery)
+        report_token = _reporter.set(report)
         started = time.perf_counter()
         try:
             return wire.Result(handler.fn(data))
@@ -128,6 +170,7 @@ class Dispatcher:
             )
             return wire.Failure(wire.error_info(exc))
         finally:
+            _reporter.reset(report_token)
             _current.reset(token)
             log.debug(
                 "handler_ran",

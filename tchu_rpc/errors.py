@@ -13,6 +13,7 @@ TchuError
 ├── PublishFailed                   the broker refused (nacked) a message
 ├── ConnectionLost (ConnectionError) the connection failed with the message in flight
 ├── RemoteError                     the handler failed; carries type, message, code, details
+│   └── HandlerTimeLimit            the handler outran the worker's `handler_time_limit`
 └── RpcError                        raised by a handler for a business error the caller should see
 ```
 
@@ -81,6 +82,23 @@ class RemoteError(TchuError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.type, self.message, self.code, self.details))
+
+
+class HandlerTimeLimit(RemoteError):
+    """The handler ran longer than the worker's `handler_time_limit`; the worker answered for it.
+
+    Its thread could not be stopped and may still be running (a Python thread cannot be killed):
+    its side effects may still happen, and its late result is discarded.
+    """
+
+
+#: Remote error types the client raises as their own subclass of `RemoteError`.
+_REMOTE_TYPES: dict[str, type[RemoteError]] = {"HandlerTimeLimit": HandlerTimeLimit}
+
+
+def remote_error(type: str, message: str, code: str | None = None, details: Any = None) -> RemoteError:
+    """Return the `RemoteError` (or its subclass for a known type) that describes a failure reply."""
+    return _REMOTE_TYPES.get(type, RemoteError)(type, message, code, details)
 
 
 class RpcError(TchuError):

@@ -19,6 +19,7 @@ from kombu import Connection
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.registry import Registry
+from tchu_rpc.reply_cache import ReplyCache
 from tchu_rpc.worker import Worker
 
 LOCAL_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
@@ -101,10 +102,20 @@ class TchuFactory:
         self._clients.append(client)
         return client
 
-    def worker(self, registry: Registry, name: str = "svc", **overrides: Any) -> Worker:
-        """Return a started worker serving `registry` as the service `name`."""
+    def worker(
+        self,
+        registry: Registry,
+        name: str = "svc",
+        *,
+        reply_cache: ReplyCache | None = None,
+        **overrides: Any,
+    ) -> Worker:
+        """Return a started worker serving `registry` as the service `name`; `overrides` are settings."""
         worker = Worker(
-            queue=self.service(name), registry=registry, settings=self.settings.replace(**overrides)
+            queue=self.service(name),
+            registry=registry,
+            settings=self.settings.replace(**overrides),
+            reply_cache=reply_cache,
         )
         self._workers.append(worker)
         return worker.start()

@@ -1,7 +1,8 @@
 """Wire format: codecs for bodies (JSON by default, MessagePack), the reply envelope, header names.
 
 A request or event body is the caller's data, encoded as is. A reply body is a tagged envelope,
-`Result` or `Failure`. AMQP properties carry `message_id`, `correlation_id`, `reply_to`,
+`Result` or `Failure`; while a call runs, the worker may also send `Progress` envelopes to the same
+reply address with the same correlation id. AMQP properties carry `message_id`, `correlation_id`, `reply_to`,
 `content_type` and `expiration`; headers carry the protocol version and the call's deadline.
 No pickle, ever: only msgspec's JSON and MessagePack, which build plain data.
 """
@@ -46,7 +47,15 @@ class Failure(msgspec.Struct, frozen=True, tag="error"):
     error: ErrorInfo
 
 
+class Progress(msgspec.Struct, frozen=True, tag="progress", omit_defaults=True):
+    """A sign of life from a running call handler, with optional information; not a reply."""
+
+    info: Any = None
+
+
 Reply = Result | Failure
+#: What a caller's reply address receives: the final reply, or progress before it.
+Envelope = Result | Failure | Progress
 
 
 class Codec:
@@ -141,6 +150,12 @@ def decode_reply(codec: Codec, body: bytes) -> Reply:
     """Decode a reply envelope; an unknown kind is a `DecodeError`."""
     reply: Reply = codec.decode(body, Reply)
     return reply
+
+
+def decode_envelope(codec: Codec, body: bytes) -> Envelope:
+    """Decode what arrived at a reply address: a reply or a progress message."""
+    envelope: Envelope = codec.decode(body, Envelope)
+    return envelope
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

@@ -5,6 +5,11 @@ events), so heartbeats keep flowing while a handler runs. A finished call's repl
 the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
 reply; if the worker dies before that, the broker redelivers the request to another worker.
 
+A call handler that runs past `handler_time_limit` is answered with `HandlerTimeLimit` and its
+request acked (see `timelimit`); a handler's `report_progress()` sends progress to the caller through
+the I/O thread; with a `reply_cache`, a request whose message id has a cached reply is answered
+from it without running the handler (see `reply_cache`).
+
 A message delivered `delivery_limit` times without an ack (its handler keeps killing the worker)
 is dead-lettered, and a caller gets `DeliveryLimitExceeded`. Quorum queues count deliveries in
 `x-delivery-count`; on classic queues the worker re-publishes a redelivered message with its count
@@ -24,15 +29,17 @@ from typing import Any
 
 from kombu import Connection, Consumer
 
-from tchu_rpc import log, topology, wire
+from tchu_rpc import log, outgoing, topology, wire
 from tchu_rpc.config import Settings
-from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries, topic_of
+from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.lanes import Lane
 from tchu_rpc.log import logger, mask_url
 from tchu_rpc.loop import Loop
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
+from tchu_rpc.reply_cache import ReplyCache
+from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
 def _text_encoding(name: str | None) -> str:
@@ -48,6 +55,7 @@ class _Job:
     generation: int
     message: Any
     received: float = field(default_factory=time.perf_counter)
+    timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
 
 
 class Worker:
@@ -58,6 +66,8 @@ class Worker:
         queue: the service's name; its queues are `<queue>.calls`, `<queue>.events`, `<queue>.dead`.
         registry: the handlers to serve; defaults to the registry that `@subscribe` fills.
         settings: all other knobs; defaults to `Settings.from_env()`.
+        reply_cache: answer requests whose message id it holds a reply for without running their
+            handler, and keep successful replies there (for `settings.reply_cache_ttl` seconds).
     """
 
     def __init__(
@@ -67,12 +77,14 @@ class Worker:
         queue: str,
         registry: Registry | None = None,
         settings: Settings | None = None,
+        reply_cache: ReplyCache | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self.service = topology.check_service(queue)
         self.registry = default_registry if registry is None else registry
-        self._dispatcher = Dispatcher(self.service, self.registry, self.settings)
+        self._dispatcher = Dispatcher(self.service, self.registry, self.settings, reply_cache)
+        self._limits = TimeLimits(self.settings.handler_time_limit)
         self._publishers: dict[Kind, Publisher] = {}
         self._consumers: list[Consumer] = []
         self._lanes: dict[Kind, Lane] = {}
@@ -84,7 +96,13 @@ class Worker:
         self._start_error: BaseException | None = None
         self._cancelled = False
         self._stopped = False
-        self._loop = Loop(f"tchu-worker-{queue}", self.settings, on_connect=self._setup, on_lost=self._lost)
+        self._loop = Loop(
+            f"tchu-worker-{queue}",
+            self.settings,
+            on_connect=self._setup,
+            on_lost=self._lost,
+            on_tick=self._enforce_time_limit,
+        )
 
     # -- public API ---------------------------------------------------------------------------
     def start(self, timeout: float | None = None) -> Worker:
@@ -96,6 +114,8 @@ class Worker:
         """
         if not len(self.registry):
             raise ConfigError(f"worker {self.service!r} has no handlers registered")
+        if "call" in self.registry.kinds():
+            check_consumer_timeout(self.settings, self.service)
         self._lanes = {
             "call": Lane(f"tchu-call-{self.service}", self.settings.call_concurrency, self._handle),
             "event": Lane(f"tchu-event-{self.service}", self.settings.event_concurrency, self._handle),
@@ -223,22 +243,41 @@ class Worker:
         if outcome.dead_reason is not None:
             sends.append(self._dead_letter(message, outcome.dead_reason))
         if outcome.reply is not None:
-            reply_to = message.properties["reply_to"]
-            sends.append(
-                dict(
-                    body=outcome.reply,
-                    exchange="",
-                    routing_key=reply_to,
-                    # RabbitMQ 3.10 returns a mandatory reply to direct reply-to as NO_ROUTE
-                    # although it delivered it; a reply queue of our own is checked.
-                    mandatory=not reply_to.startswith(topology.DIRECT_REPLY_TO),
-                    delivery_mode=1,
-                    correlation_id=message.properties["correlation_id"],
-                    content_type=outcome.content_type,
-                    content_encoding=wire.codec_of(outcome.content_type).content_encoding,
-                )
-            )
+            sends.append(outgoing.answer(message, outcome.reply, outcome.content_type))
         self._send_then_ack(job, sends)
+
+    def _send_progress(self, job: _Job, body: bytes, content_type: str) -> None:
+        publisher = self._publishers.get(job.kind)
+        if job.timed_out or job.generation != self._loop.generation or publisher is None:
+            return  # answered already, or its reply address died with the old connection
+        publisher.publish(**outgoing.answer(job.message, body, content_type))
+        log.debug("progress_sent", service=self.service, **describe(job.message))
+
+    def _completed(self, job: _Job, outcome: Outcome) -> None:
+        self._limits.finish(job)
+        if job.timed_out:
+            logger.warning(
+                "late_result_discarded",
+                service=self.service,
+                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+                **describe(job.message),
+            )
+            return
+        self._finish(job, outcome)
+
+    def _enforce_time_limit(self, now: float) -> float | None:
+        expired, next_due = self._limits.expired(now)
+        for job in expired:
+            job.timed_out = True
+            logger.error(
+                "handler_time_limit_exceeded",
+                service=self.service,
+                handler_time_limit=self._limits.limit,
+                **describe(job.message),
+            )
+            self._lanes[job.kind].abandon(job)
+            self._finish(job, self._dispatcher.timed_out(job.message, self._limits.limit or 0.0))
+        return next_due
 
     def _send_then_ack(self, job: _Job, sends: list[dict[str, Any]]) -> None:
         if not sends:
@@ -259,30 +298,11 @@ class Worker:
 
     def _dead_letter(self, message: Any, reason: str) -> dict[str, Any]:
         logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
-        return self._copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
+        return outgoing.copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
 
     def _counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
         queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
-        return self._copy(message, queue, {HEADER_DELIVERIES: earlier})
-
-    def _copy(self, message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
-        props = message.properties
-        headers = dict(message.headers or {})
-        headers[wire.HEADER_TOPIC] = topic_of(message)
-        headers.update(extra)
-        return dict(
-            body=message.body,
-            exchange="",
-            routing_key=queue,
-            mandatory=True,
-            delivery_mode=props.get("delivery_mode") or 2,
-            headers=headers,
-            message_id=props.get("message_id"),
-            correlation_id=props.get("correlation_id"),
-            reply_to=props.get("reply_to"),
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding=message.content_encoding or "binary",
-        )
+        return outgoing.copy(message, queue, {HEADER_DELIVERIES: earlier})
 
     def _ack(self, job: _Job, ok: bool) -> None:
         try:
@@ -326,6 +346,7 @@ class Worker:
 
     def _lost(self, exc: BaseException) -> None:
         self._publishers.clear()
+        self._limits.clear()
         self._consumers = []
         for _job in list(self._confirming):
             self._done()  # its confirm can no longer come; the broker redelivers the message
@@ -338,10 +359,20 @@ class Worker:
     def _handle(self, job: _Job) -> None:
         try:
             if job.kind == "call":
-                outcome = self._dispatcher.call(job.message)
+                if self._limits.limit is not None:
+                    self._loop.submit(partial(self._limits.start, job, time.monotonic()))
+                outcome = self._dispatcher.call(job.message, partial(self._report, job))
             else:
                 outcome = self._dispatcher.event(job.message)
         except BaseException as exc:  # a bug of ours; keep the message, say why
             logger.exception("message_failed", service=self.service, error=str(exc))
             outcome = Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
-        self._loop.submit(partial(self._finish, job, outcome))
+        self._loop.submit(partial(self._completed, job, outcome))
+
+    def _report(self, job: _Job, info: Any) -> bool:
+        if job.timed_out:
+            return False
+        codec = wire.codec_of(job.message.content_type)
+        body = wire.encode(codec, wire.Progress(info), self.settings.max_message_bytes)
+        self._loop.submit(partial(self._send_progress, job, body, codec.content_type))
+        return True

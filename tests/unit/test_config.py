@@ -165,3 +165,104 @@ def test_replace_returns_a_changed_copy() -> None:
 def test_replace_validates_the_copy() -> None:
     with pytest.raises(ConfigError, match="event_prefetch"):
         Settings().replace(event_prefetch=0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("Yes", True), ("on", True), ("0", False), ("FALSE", False), ("no", False)],
+)
+def test_from_env_parses_booleans(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"TCHU_RPC_TLS_VERIFY": raw}).tls_verify is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "tru", "y es"])
+def test_from_env_rejects_a_bad_boolean_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="TCHU_RPC_TLS_VERIFY") as info:
+        Settings.from_env({"TCHU_RPC_TLS_VERIFY": raw})
+    assert repr(raw) in str(info.value)
+
+
+def test_from_env_reads_tls_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "TCHU_RPC_TLS_CA_FILE": "/etc/ca.pem",
+            "TCHU_RPC_TLS_CERT_FILE": "/etc/client.pem",
+            "TCHU_RPC_TLS_KEY_FILE": "/etc/client.key",
+            "TCHU_RPC_TLS_SERVER_HOSTNAME": "rabbit.internal",
+        }
+    )
+    assert (settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
+        "/etc/ca.pem",
+        "/etc/client.pem",
+        "/etc/client.key",
+    )
+    assert settings.tls_server_hostname == "rabbit.internal"
+    assert settings.tls_verify is True
+
+
+def test_optional_limits_read_none_from_the_environment() -> None:
+    env = {"TCHU_RPC_HANDLER_TIME_LIMIT": "none", "TCHU_RPC_BROKER_CONSUMER_TIMEOUT": "None"}
+    settings = Settings.from_env(env)
+    assert settings.handler_time_limit is None
+    assert settings.broker_consumer_timeout is None
+
+
+def test_optional_limits_read_numbers_from_the_environment() -> None:
+    settings = Settings.from_env({"TCHU_RPC_HANDLER_TIME_LIMIT": "60", "TCHU_RPC_REPLY_CACHE_TTL": "90.5"})
+    assert settings.handler_time_limit == 60.0
+    assert settings.reply_cache_ttl == 90.5
+
+
+def test_time_limit_defaults_below_the_broker_consumer_timeout() -> None:
+    settings = Settings()
+    assert settings.handler_time_limit is not None
+    assert settings.broker_consumer_timeout is not None
+    assert settings.handler_time_limit < settings.broker_consumer_timeout
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"handler_time_limit": 0},
+        {"handler_time_limit": -1.0},
+        {"handler_time_limit": math.inf},
+        {"broker_consumer_timeout": 0},
+        {"reply_cache_ttl": 0},
+    ],
+    ids=lambda c: next(f"{k}={v!r}" for k, v in c.items()),
+)
+def test_invalid_limits_raise_config_error(changes: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(changes))):
+        Settings(**changes)  # type: ignore[arg-type]
+
+
+def test_a_tls_key_without_its_certificate_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="tls_key_file"):
+        Settings(tls_key_file="/etc/client.key")
+
+
+def test_a_tls_server_hostname_without_verification_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="tls_server_hostname"):
+        Settings(tls_server_hostname="rabbit", tls_verify=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "tls"),
+    [
+        ({}, False),
+        ({"broker_url": "amqps://u:p@rabbit:5671//"}, True),
+        ({"broker_url": "amqp://a//;amqps://b//"}, True),
+        ({"tls_ca_file": "/etc/ca.pem"}, True),
+        ({"tls_verify": False}, True),
+        ({"tls_server_hostname": "rabbit"}, True),
+    ],
+)
+def test_tls_is_on_for_amqps_urls_or_any_tls_setting(changes: dict[str, object], tls: bool) -> None:
+    assert Settings(**changes).tls is tls  # type: ignore[arg-type]
+
+
+def test_settings_repr_masks_the_broker_password() -> None:
+    text = repr(Settings(broker_url="amqps://svc:hunter2-secret@rabbit:5671/vh", tls_ca_file="/ca.pem"))
+    assert "hunter2-secret" not in text
+    assert "svc:***@rabbit:5671" in text
+    assert "tls_ca_file='/ca.pem'" in text

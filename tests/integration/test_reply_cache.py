@@ -1,0 +1,153 @@
+"""The reply cache against the real Redis: a request delivered twice runs its handler once."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Producer, Queue
+from structlog.testing import capture_logs
+
+from tchu_rpc import RedisReplyCache, Registry, ReplyCache, wire
+from tchu_rpc.testing import TchuFactory
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+HOW_TO_START = (
+    "No Redis on 127.0.0.1:6379 for the reply cache tests: start one (`redis-server --daemonize yes`)"
+)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            pass
+    except OSError as exc:
+        pytest.fail(f"{HOW_TO_START} ({exc})", pytrace=False)
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cache(redis_client: redis.Redis) -> Iterator[RedisReplyCache]:
+    """Yield a cache with a key prefix of its own; delete its keys afterwards."""
+    prefix = f"tchu_rpc_test:{uuid.uuid4().hex}:"
+    yield RedisReplyCache(redis_client, prefix=prefix)
+    keys = list(redis_client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def counting_registry(runs: list[Any]) -> Registry:
+    registry = Registry()
+
+    @registry.subscribe("rpc.orders.create")
+    def create(data: Any) -> Any:
+        runs.append(data)
+        return {"order": len(runs)}
+
+    @registry.subscribe("rpc.orders.fail")
+    def fail(data: Any) -> Any:
+        runs.append(data)
+        raise ValueError("try again")
+
+    return registry
+
+
+def deliver_twice(tchu: TchuFactory, topic: str, message_id: str) -> list[tuple[Any, str]]:
+    """Publish one request twice with the same message id; return both replies (body, correlation id)."""
+    replies: list[tuple[Any, str]] = []
+    both = threading.Event()
+    with Connection(tchu.broker_url) as conn:
+        channel = conn.channel()
+        reply_queue = Queue(f"{tchu.prefix}.replies", exclusive=True, auto_delete=True)
+
+        def on_reply(message: Any) -> None:
+            body = message.body  # py-amqp decodes a body that names a content encoding
+            body = body.encode() if isinstance(body, str) else body
+            replies.append((body, message.properties["correlation_id"]))
+            if len(replies) == 2:
+                both.set()
+
+        with Consumer(channel, queues=[reply_queue], no_ack=True, on_message=on_reply):
+            producer = Producer(channel)
+            for _ in range(2):
+                producer.publish(
+                    b'{"item": 1}',
+                    exchange=tchu.settings.calls_exchange,
+                    routing_key=topic,
+                    message_id=message_id,
+                    correlation_id=message_id,
+                    reply_to=reply_queue.name,
+                    content_type=wire.JSON,
+                    content_encoding="utf-8",
+                )
+            while not both.is_set():
+                conn.drain_events(timeout=10)
+    return replies
+
+
+def test_a_request_delivered_twice_runs_its_handler_once(tchu: TchuFactory, cache: RedisReplyCache) -> None:
+    # Given a worker with a reply cache
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache=cache)
+    message_id = uuid.uuid4().hex
+
+    # When the same request (same message id) reaches it twice
+    with capture_logs() as logs:
+        replies = deliver_twice(tchu, "rpc.orders.create", message_id)
+
+    # Then the handler ran once, and both deliveries got its reply
+    assert runs == [{"item": 1}]
+    expected = wire.encode(wire.codec_for("json"), wire.Result({"order": 1}), 1 << 20)
+    assert replies == [(expected, message_id), (expected, message_id)]
+    [hit] = [entry for entry in logs if entry["event"] == "reply_from_cache"]
+    assert hit["message_id"] == message_id
+    assert cache.get(message_id) == (expected, wire.JSON)
+
+
+def test_error_replies_are_not_cached(tchu: TchuFactory, cache: RedisReplyCache) -> None:
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache=cache)
+    message_id = uuid.uuid4().hex
+    replies = deliver_twice(tchu, "rpc.orders.fail", message_id)
+    assert len(runs) == 2  # a retry of a failed call may succeed: it runs again
+    assert all(b"try again" in body for body, _ in replies)
+    assert cache.get(message_id) is None
+
+
+def test_a_client_call_through_a_caching_worker_returns_the_result(
+    tchu: TchuFactory, cache: RedisReplyCache
+) -> None:
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache=cache)
+    client = tchu.client()
+    assert client.call("rpc.orders.create", {"n": 1}, timeout=5) == {"order": 1}
+    assert client.call("rpc.orders.create", {"n": 2}, timeout=5) == {"order": 2}  # new message ids
+
+
+def test_an_unreachable_cache_is_bypassed_and_logged(tchu: TchuFactory) -> None:
+    # Given a cache whose Redis does not answer (nothing listens on port 1)
+    broken = RedisReplyCache(url="redis://127.0.0.1:1/0", timeout=0.5)
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache=broken)
+
+    # Then calls still work, and the worker says the cache failed
+    with capture_logs() as logs:
+        assert tchu.client().call("rpc.orders.create", {}, timeout=5) == {"order": 1}
+    failures = [entry["op"] for entry in logs if entry["event"] == "reply_cache_failed"]
+    assert failures == ["get", "put"]
+
+
+def test_redis_reply_cache_round_trips_and_expires(cache: RedisReplyCache, redis_client: redis.Redis) -> None:
+    assert isinstance(cache, ReplyCache)
+    assert cache.get("missing") is None
+    cache.put("m1", b"\x00body\nwith newline", wire.MSGPACK, ttl=60)
+    assert cache.get("m1") == (b"\x00body\nwith newline", wire.MSGPACK)
+    assert 0 < redis_client.pttl(f"{cache.prefix}m1") <= 60_000
