@@ -201,7 +201,7 @@ class Client:
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, message_id))
         self._loop.start()
-        self._loop.submit(partial(self._send, message_id))
+        self._loop.run_or_submit(partial(self._send, message_id))
         return pending
 
     # -- the I/O thread -----------------------------------------------------------------------

@@ -106,6 +106,10 @@ class Loop:
         self._on_tick = on_tick
         self._wants_connection = wants_connection
         self._commands: deque[Callable[[], None]] = deque()
+        # Held by the I/O thread except while it waits in select(), so that another thread may
+        # use the idle connection itself (`run_or_submit`) instead of waking the I/O thread.
+        self._io_lock = threading.Lock()
+        self._failure: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -127,6 +131,27 @@ class Loop:
         """Run `command` on the I/O thread as soon as it is connected."""
         self._commands.append(command)
         self.wake()
+
+    def run_or_submit(self, command: Callable[[], None]) -> None:
+        """Run `command` on this thread when the connection is up and idle, else `submit` it.
+
+        Saves the hand-over to the I/O thread on the hot path (a reply). If the connection fails
+        meanwhile, the I/O thread drops it and reconnects as usual.
+        """
+        if self.connection is None or self._commands or not self._io_lock.acquire(blocking=False):
+            self.submit(command)
+            return
+        try:
+            if self.connection is None or self._failure is not None:
+                self._commands.append(command)
+            else:
+                command()
+        except Exception as exc:
+            self._failure = exc
+        finally:
+            self._io_lock.release()
+        if self._commands or self._failure is not None:
+            self.wake()
 
     def wake(self) -> None:
         """Interrupt the I/O thread's wait."""
@@ -162,6 +187,11 @@ class Loop:
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        with self._io_lock:
+            self._serve()
+            self._close()
+
+    def _serve(self) -> None:
         delay = self.settings.reconnect_delay
         while not self._stop.is_set():
             if self.connection is None:
@@ -177,7 +207,6 @@ class Loop:
                 self._turn()
             except Exception as exc:
                 self._drop(exc)
-        self._close()
 
     def _connect(self) -> bool:
         try:
@@ -193,6 +222,7 @@ class Loop:
 
     def _drop(self, exc: BaseException) -> None:
         self.last_error = exc
+        self._failure = None
         conn, self.connection = self.connection, None
         if conn is not None:
             try:
@@ -218,6 +248,7 @@ class Loop:
     def _turn(self) -> None:
         conn = self.connection
         assert conn is not None
+        self._check(conn)
         self._run_commands()
         now = time.monotonic()
         wait = _IDLE_WAIT
@@ -240,18 +271,36 @@ class Loop:
                 pass
             return
         if not _has_buffered(sock):
-            readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
+            self._io_lock.release()
+            try:
+                readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
+            finally:
+                self._io_lock.acquire()
+            self._check(conn)
             if self._wake_r in readable:
                 self._drain_pipe()
             if sock not in readable:
                 return
-        self._drain(conn)
+        self._drain(conn, sock)
 
-    def _drain(self, conn: Connection) -> None:
+    def _check(self, conn: Connection) -> None:
+        # kombu silently opens a new connection when one of its methods meets a dead one, so a
+        # connection that failed (maybe on another thread, see `run_or_submit`) is dropped first.
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        if not conn.connected:
+            raise ConnectionLost("the connection closed")
+
+    def _drain(self, conn: Connection, sock: Any) -> None:
+        # py-amqp buffers nothing beyond the message it reads (except TLS), so a zero-timeout
+        # select tells whether more is waiting, cheaper than a read that times out.
         for _ in range(_DRAIN_BATCH):
             try:
                 conn.drain_events(timeout=0)
             except TimeoutError:
+                return
+            if not _has_buffered(sock) and not select.select([sock], [], [], 0)[0]:
                 return
 
     def _run_commands(self) -> None:

@@ -367,7 +367,7 @@ class Worker:
         except BaseException as exc:  # a bug of ours; keep the message, say why
             logger.exception("message_failed", service=self.service, error=str(exc))
             outcome = Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
-        self._loop.submit(partial(self._completed, job, outcome))
+        self._loop.run_or_submit(partial(self._completed, job, outcome))
 
     def _report(self, job: _Job, info: Any) -> bool:
         if job.timed_out:
