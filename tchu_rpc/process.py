@@ -74,19 +74,24 @@ class Supervisor:
         self._delays = [0.0] * processes
         self._born = [0.0] * processes
         self._restart_at: list[float | None] = [None] * processes
-        self._stop = threading.Event()
+        # Set from a signal handler: a plain flag, since a handler that takes a lock (Event.set)
+        # deadlocks when a second signal interrupts the first handler while it holds that lock.
+        self._stopping = False
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self._stop.set())
+            signal.signal(signum, self._request_stop)
         for slot in range(len(self._children)):
             self._spawn(slot)
-        while not self._stop.is_set():
+        while not self._stopping:
             sentinels = [c.sentinel for c in self._children if c is not None and c.is_alive()]
             wait(sentinels, timeout=0.1 if any(self._restart_at) else 0.5)
             self._reap()
         return self._shutdown()
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
 
     def _spawn(self, slot: int) -> None:
         child = self._context.Process(
@@ -102,7 +107,7 @@ class Supervisor:
         for slot, child in enumerate(self._children):
             restart_at = self._restart_at[slot]
             if restart_at is not None:
-                if now >= restart_at and not self._stop.is_set():
+                if now >= restart_at and not self._stopping:
                     self._restart_at[slot] = None
                     self._spawn(slot)
                 continue

@@ -156,10 +156,17 @@ class Worker:
     def run(self) -> None:
         """Start, serve until `stop()`, SIGTERM or SIGINT, then stop gracefully."""
         self.start()
+        signalled = False
+
+        def on_signal(signum: int, frame: object) -> None:
+            # No lock here (not even Event.set): a second signal could interrupt this handler.
+            nonlocal signalled
+            signalled = True
+
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self._stop_requested.set())
-        while not self._stop_requested.wait(1.0):
+                signal.signal(signum, on_signal)
+        while not signalled and not self._stop_requested.wait(0.2):
             pass
         self.stop()
 

@@ -208,6 +208,16 @@ def test_sigterm_to_the_supervisor_lets_the_running_call_reply_then_exits_0(
     assert "worker_process_died" not in log
 
 
+def test_a_burst_of_signals_still_stops_the_supervisor_with_exit_0(start_worker: StartWorker) -> None:
+    # A signal handler that takes a lock deadlocks when a second signal interrupts it (seen with
+    # `timeout` resending SIGTERM): the supervisor then hangs for ever with a dead child.
+    worker = start_worker(2)
+    for signum in [signal.SIGTERM, signal.SIGINT] * 50:
+        worker.popen.send_signal(signum)
+    assert worker.popen.wait(30) == 0, worker.log_text()
+    assert "supervisor_stopped" in worker.log_text()
+
+
 def test_cli_call_prints_the_result_and_publish_delivers_the_event(
     tchu: TchuFactory, start_worker: StartWorker, tmp_path: Path
 ) -> None:
