@@ -13,6 +13,7 @@ TchuError
 ├── PublishFailed                   the broker refused (nacked) a message
 ├── ConnectionLost (ConnectionError) the connection failed with the message in flight
 ├── RemoteError                     the handler failed; carries type, message, code, details
+│   ├── DeliveryLimitExceeded       the request was delivered `delivery_limit` times (poison)
 │   └── HandlerTimeLimit            the handler outran the worker's `handler_time_limit`
 └── RpcError                        raised by a handler for a business error the caller should see
 ```
@@ -92,8 +93,18 @@ class HandlerTimeLimit(RemoteError):
     """
 
 
+class DeliveryLimitExceeded(RemoteError):
+    """The request was delivered `delivery_limit` times without an ack and went to the dead-letter queue.
+
+    Its handler probably kills the worker process; it did not run this last time.
+    """
+
+
 #: Remote error types the client raises as their own subclass of `RemoteError`.
-_REMOTE_TYPES: dict[str, type[RemoteError]] = {"HandlerTimeLimit": HandlerTimeLimit}
+_REMOTE_TYPES: dict[str, type[RemoteError]] = {
+    "DeliveryLimitExceeded": DeliveryLimitExceeded,
+    "HandlerTimeLimit": HandlerTimeLimit,
+}
 
 
 def remote_error(type: str, message: str, code: str | None = None, details: Any = None) -> RemoteError:

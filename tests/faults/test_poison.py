@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fault_support import WorkerProcesses, get_all, is_quorum, run_lines, wait_for
 
-from tchu_rpc import RemoteError, TchuError, wire
+from tchu_rpc import DeliveryLimitExceeded, RemoteError, TchuError, wire
 from tchu_rpc.testing import TchuFactory
 
 DELIVERY_LIMIT = 3
@@ -65,9 +65,9 @@ def test_poison_call_is_dead_lettered_at_the_delivery_limit_while_other_calls_ar
         stop.set()
         caller.join(30)
 
-    # Then the poisoned caller gets RemoteError DeliveryLimitExceeded
-    assert isinstance(error, RemoteError), f"the poisoned call raised {error!r}, not RemoteError"
-    assert error.type == "DeliveryLimitExceeded", error
+    # Then the poisoned caller gets DeliveryLimitExceeded, a RemoteError
+    assert isinstance(error, DeliveryLimitExceeded), f"the poisoned call raised {error!r}"
+    assert isinstance(error, RemoteError) and error.type == "DeliveryLimitExceeded", error
     # And its handler ran exactly DELIVERY_LIMIT times, each time in a process that then died
     poisoned_runs = [pid for n, _, pid in run_lines(runs) if n == -1]
     assert len(poisoned_runs) == DELIVERY_LIMIT, poisoned_runs
