@@ -212,20 +212,31 @@ def _codec_or_json(message: Any) -> wire.Codec:
 
 
 def previous_deliveries(message: Any, *, classic: bool) -> int:
-    """Count how often the broker delivered this message before without an ack."""
+    """Count how often the broker delivered this message before without an ack.
+
+    Headers a publisher could forge count only where the broker or this worker set them: the quorum
+    count on quorum queues, ours on a copy the worker re-published itself (see `_republished`).
+    """
     headers = message.headers or {}
     quorum = headers.get(HEADER_QUORUM_COUNT)
-    if isinstance(quorum, int) and quorum >= 0:
+    if not classic and isinstance(quorum, int) and quorum >= 0:
         return quorum
-    counted = headers.get(HEADER_DELIVERIES, 0)
+    counted = headers.get(HEADER_DELIVERIES, 0) if _republished(message) else 0
     counted = counted if isinstance(counted, int) and counted >= 0 else 0
     return counted + int(classic and bool(message.delivery_info.get("redelivered")))
 
 
 def topic_of(message: Any) -> str:
     """Return the message's topic (kept in a header when the worker re-published it)."""
-    topic = (message.headers or {}).get(wire.HEADER_TOPIC)
+    topic = (message.headers or {}).get(wire.HEADER_TOPIC) if _republished(message) else None
     return topic if isinstance(topic, str) else str(message.delivery_info.get("routing_key", ""))
+
+
+def _republished(message: Any) -> bool:
+    # Publishers go through the calls and events exchanges; only the worker's own copies reach its
+    # queues by the default exchange. Trusting a topic header on anything else would let a publisher
+    # allowed one routing key (RabbitMQ topic permissions) reach the handler of another.
+    return bool(message.delivery_info.get("exchange") == "")
 
 
 def delivery_of(kind: Kind, message: Any) -> Delivery:

@@ -270,16 +270,16 @@ def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: Tchu
     with Connection(tchu.broker_url) as conn:
         channel = conn.channel()
         replies = channel.queue_declare("", exclusive=True).queue
-        # Given a request that, by its header, was delivered three times without an ack
+        # Given a request the worker re-published after counting three deliveries without an ack
         conn.Producer().publish(
             b'"boom"',
-            exchange=tchu.settings.calls_exchange,
-            routing_key="rpc.poison",
+            exchange="",
+            routing_key=f"{worker.service}.calls",
             content_type="application/json",
             content_encoding="utf-8",
             reply_to=replies,
             correlation_id="poison-1",
-            headers={"x-tchu-deliveries": 3},
+            headers={"x-tchu-deliveries": 3, "x-tchu-topic": "rpc.poison"},
         )
         reply = _get_one(conn, replies)
         dead = _get_one(conn, f"{worker.service}.dead")
@@ -293,3 +293,37 @@ def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: Tchu
 def test_worker_on_quorum_queues_answers_calls(tchu: TchuFactory) -> None:
     tchu.worker(users_registry(), queue_type="quorum")
     assert tchu.client().call("rpc.users.get", {"id": 4}, timeout=5)["id"] == 4
+
+
+def test_topic_and_delivery_headers_from_a_publisher_are_not_trusted(tchu: TchuFactory) -> None:
+    # A publisher allowed one routing key must not reach another handler by naming it in a header.
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.subscribe("rpc.public.echo")
+    def public(data: Any) -> Any:
+        ran.append("public")
+        return data
+
+    @registry.subscribe("rpc.admin.wipe")
+    def admin(data: Any) -> Any:
+        ran.append("admin")
+        return "wiped"
+
+    tchu.worker(registry, delivery_limit=2)
+    with Connection(tchu.broker_url) as conn:
+        channel = conn.channel()
+        replies = channel.queue_declare("", exclusive=True).queue
+        conn.Producer().publish(
+            b'"hello"',
+            exchange=tchu.settings.calls_exchange,
+            routing_key="rpc.public.echo",
+            content_type="application/json",
+            content_encoding="utf-8",
+            reply_to=replies,
+            correlation_id="forged-1",
+            headers={"x-tchu-topic": "rpc.admin.wipe", "x-tchu-deliveries": 9, "x-delivery-count": 9},
+        )
+        reply = _get_one(conn, replies)
+    assert ran == ["public"]
+    assert "hello" in reply.body
