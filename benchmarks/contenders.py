@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from benchmarks.loadgen import RunResult
+from benchmarks.progress import Progress
 
 
 class Contender(Protocol):
@@ -44,6 +45,8 @@ class Plan:
     calls: int = 2000
     warmup: int = 100
     pad_size: int = 64
+    #: Rounds the calls of each cell are split over (warm-up calls are made in every round).
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Cell:
     p99: float
     max: float
     calls_per_s: float
+    #: Latency (ms) at percentiles 0, 1, ..., 100: the distribution, for the chart.
+    quantiles: tuple[float, ...] = ()
 
     @classmethod
     def from_run(cls, contender: str, procs: int, in_flight: int, run: RunResult) -> Cell:
@@ -74,25 +79,49 @@ class Cell:
             p99=_percentile(ordered, 99) * 1e3,
             max=ordered[-1] * 1e3,
             calls_per_s=len(ordered) / run.elapsed,
+            quantiles=tuple(round(_percentile(ordered, pct) * 1e3, 4) for pct in range(101)),
         )
 
 
-def measure(contenders: Sequence[Contender], broker_url: str, plan: Plan, echo: bool = True) -> list[Cell]:
-    """Run the whole plan for each contender in turn; servers restart for each process count."""
+def plan_units(plan: Plan, contenders: int) -> int:
+    """Return the calls the plan makes, for a progress bar."""
+    per_cell = plan.calls + plan.warmup * plan.rounds
+    return contenders * len(plan.procs) * len(plan.in_flight) * per_cell
+
+
+def measure(
+    contenders: Sequence[Contender], broker_url: str, plan: Plan, progress: Progress | None = None
+) -> list[Cell]:
+    """Run the plan; each cell's calls are split over `plan.rounds` rounds, merged at the end.
+
+    Within a round, all contenders run one process count before the next: a machine that is
+    busier for a while slows every contender, not just one, and the ratios stay fair.
+    """
     pad = "x" * plan.pad_size
-    cells: list[Cell] = []
-    if echo:
-        print(f"  {_HEADER}", flush=True)
-    for contender in contenders:
+    runs: dict[tuple[str, int, int], list[RunResult]] = {}
+    echo = progress.echo if progress else print
+    echo(f"  {'round':<6}{_HEADER}")
+    for round_no in range(plan.rounds):
+        calls = plan.calls // plan.rounds + (1 if round_no < plan.calls % plan.rounds else 0)
         for procs in plan.procs:
-            with _servers(contender, broker_url, procs):
-                for in_flight in plan.in_flight:
-                    run = contender.run_calls(broker_url, plan.calls, in_flight, pad, plan.warmup)
-                    cell = Cell.from_run(contender.name, procs, in_flight, run)
-                    cells.append(cell)
-                    if echo:
-                        print(f"  {_row(cell, None)}", flush=True)
-    return cells
+            for contender in contenders:
+                if progress:
+                    progress.stage(f"calls: {contender.name} x {procs} procs, round {round_no + 1}")
+                with servers(contender, broker_url, procs):
+                    for in_flight in plan.in_flight:
+                        run = contender.run_calls(broker_url, calls, in_flight, pad, plan.warmup)
+                        runs.setdefault((contender.name, procs, in_flight), []).append(run)
+                        if progress:
+                            progress.advance(calls + plan.warmup)
+                        cell = Cell.from_run(contender.name, procs, in_flight, run)
+                        echo(f"  {round_no + 1:<6}{_row(cell, None)}")
+    return [Cell.from_run(*key, _merge(parts)) for key, parts in runs.items()]
+
+
+def _merge(parts: Sequence[RunResult]) -> RunResult:
+    # Throughput over the rounds is all their calls over all their timed wall time.
+    latencies = [x for part in parts for x in part.latencies]
+    return RunResult(latencies=latencies, elapsed=sum(part.elapsed for part in parts))
 
 
 def render(cells: Sequence[Cell], reference: str) -> str:
@@ -114,10 +143,13 @@ def render(cells: Sequence[Cell], reference: str) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, header: dict[str, object], cells: Sequence[Cell]) -> None:
-    """Save the run's context and cells for later comparison."""
+def write_json(
+    path: Path, header: dict[str, object], cells: Sequence[Cell], extra: dict[str, object] | None = None
+) -> None:
+    """Save the run's context, cells and other scenarios' results for later comparison."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**header, "cells": [asdict(c) for c in cells]}, indent=2) + "\n")
+    data = {**header, "cells": [asdict(c) for c in cells], **(extra or {})}
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 _HEADER = (
@@ -143,7 +175,7 @@ def _percentile(ordered: Sequence[float], pct: float) -> float:
 
 
 @contextmanager
-def _servers(contender: Contender, broker_url: str, procs: int) -> Iterator[None]:
+def servers(contender: Contender, broker_url: str, procs: int) -> Iterator[None]:
     contender.start_servers(broker_url, procs)
     try:
         yield

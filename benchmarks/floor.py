@@ -4,12 +4,17 @@ Server: a non-durable queue bound to a topic exchange, prefetch 1, manual ack; e
 on its `reply_to` (default exchange) with its `correlation_id`, then acked; no publisher confirms.
 Client: RabbitMQ direct reply-to, consumed no-ack on the channel that publishes the requests.
 
-    python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#]
+With `--confirm` ("floor+conf") it keeps tchu_rpc's guarantees and nothing more: requests are published
+in confirm mode (confirms pipelined, not waited for) and mandatory, and each reply's confirm arrives
+before the request is acked.
+
+    python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#] [--confirm]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import sys
@@ -36,7 +41,7 @@ def topology(queue: str, exchange: str, binding: str = "rpc.#") -> tuple[Exchang
     return ex, Queue(queue, ex, routing_key=binding, durable=False, auto_delete=True)
 
 
-def serve(broker_url: str, queue: str, exchange: str, binding: str) -> int:
+def serve(broker_url: str, queue: str, exchange: str, binding: str, confirm: bool = False) -> int:
     """Answer echo requests until SIGTERM or SIGINT; print the ready line once consuming."""
     stopping = False
 
@@ -51,6 +56,11 @@ def serve(broker_url: str, queue: str, exchange: str, binding: str) -> int:
         channel = conn.channel()
         channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=False)
         producer = Producer(channel, auto_declare=False)
+        unconfirmed: dict[int, Message] = {}  # publish sequence number -> request to ack on its confirm
+        sequence = itertools.count(1)
+        if confirm:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(lambda tag, multiple: _ack_confirmed(unconfirmed, tag, multiple))
 
         def on_request(message: Message) -> None:
             props = message.properties
@@ -62,7 +72,10 @@ def serve(broker_url: str, queue: str, exchange: str, binding: str) -> int:
                 content_encoding="utf-8",
                 retry=False,
             )
-            message.ack()  # after the reply: a crash in between redelivers, never loses
+            if confirm:
+                unconfirmed[next(sequence)] = message
+            else:
+                message.ack()  # after the reply: a crash in between redelivers, never loses
 
         consumer = Consumer(channel, [q], on_message=on_request, no_ack=False)
         consumer.consume()
@@ -76,11 +89,23 @@ def serve(broker_url: str, queue: str, exchange: str, binding: str) -> int:
     return 0
 
 
-def make_caller(broker_url: str, exchange: str, pad: str) -> tuple[Call, Callable[[], None]]:
+def _ack_confirmed(unconfirmed: dict[int, Message], tag: int, multiple: bool) -> None:
+    for seq in sorted(t for t in unconfirmed if t <= tag) if multiple else [tag]:
+        message = unconfirmed.pop(seq, None)
+        if message is not None:
+            message.ack()
+
+
+def make_caller(
+    broker_url: str, exchange: str, pad: str, confirm: bool = False
+) -> tuple[Call, Callable[[], None]]:
     """Return one caller: its own connection, one channel publishing and consuming direct reply-to."""
     conn = Connection(broker_url)
     conn.connect()
     channel = conn.channel()
+    if confirm:  # pipelined: the confirms are read with the replies, never waited for
+        channel.confirm_select()
+        channel.events["basic_ack"].add(lambda tag, multiple: None)
     producer = Producer(channel, exchange=Exchange(exchange, type="topic"), auto_declare=False)
     pending: dict[str, bytes] = {}
 
@@ -101,6 +126,7 @@ def make_caller(broker_url: str, exchange: str, pad: str) -> tuple[Call, Callabl
             content_type="application/json",
             content_encoding="utf-8",
             retry=False,
+            mandatory=confirm,
         )
         while correlation_id not in pending:
             conn.drain_events(timeout=_CALL_TIMEOUT)
@@ -118,25 +144,30 @@ def make_caller(broker_url: str, exchange: str, pad: str) -> tuple[Call, Callabl
 class FloorContender:
     """The floor as a contender: `processes` floor servers, one connection per caller thread."""
 
-    name = "floor"
-
-    def __init__(self, run_id: str, log_dir: Path) -> None:
-        self.queue = f"bench.{run_id}.floor"
-        self.exchange = f"bench.{run_id}.floor"
-        self._servers = ServerGroup(log_dir / "floor")
+    def __init__(self, run_id: str, log_dir: Path, confirm: bool = False) -> None:
+        self.name = "floor+conf" if confirm else "floor"
+        self.confirm = confirm
+        self.queue = f"bench.{run_id}.{self.name}"
+        self.exchange = f"bench.{run_id}.{self.name}"
+        self._servers = ServerGroup(log_dir / self.name)
 
     @property
     def settings(self) -> str:
         """Describe the setup in one line for the report."""
+        confirms = (
+            "confirmed requests and replies, ack after the reply's confirm"
+            if self.confirm
+            else ("ack after reply; no confirms")
+        )
         return (
-            "raw kombu; non-durable auto-delete queue on a topic exchange; prefetch 1; ack after reply; "
-            "no confirms; direct reply-to; one connection per caller thread"
+            f"raw kombu; non-durable auto-delete queue on a topic exchange; prefetch 1; {confirms}; "
+            "direct reply-to; one connection per caller thread"
         )
 
     def start_servers(self, broker_url: str, processes: int) -> None:
         """Start `processes` floor servers and wait until each consumes."""
         argv = [sys.executable, "-m", "benchmarks.floor", "serve", "--broker", broker_url]
-        argv += ["--queue", self.queue, "--exchange", self.exchange]
+        argv += ["--queue", self.queue, "--exchange", self.exchange] + (["--confirm"] if self.confirm else [])
         try:
             for _ in range(processes):
                 self._servers.spawn(argv, cwd=_ROOT)
@@ -153,7 +184,7 @@ class FloorContender:
         """Make `n_calls` echo calls from `in_flight` threads, each with its own connection."""
 
         def factory(index: int) -> tuple[Call, Callable[[], None]]:
-            return make_caller(broker_url, self.exchange, pad)
+            return make_caller(broker_url, self.exchange, pad, self.confirm)
 
         return run_threads(factory, n_calls, in_flight, warmup)
 
@@ -167,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--queue", required=True)
     srv.add_argument("--exchange", help="topic exchange (default: the queue's name)")
     srv.add_argument("--binding", default="rpc.#")
+    srv.add_argument("--confirm", action="store_true", help="confirm replies before acking requests")
     args = parser.parse_args(argv)
-    return serve(args.broker, args.queue, args.exchange or args.queue, args.binding)
+    return serve(args.broker, args.queue, args.exchange or args.queue, args.binding, args.confirm)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class ServerGroup:
 
 def _pump(stream: IO[str], out_path: Path, ready: threading.Event) -> None:
     # Keep draining after `ready` so that a chatty server never blocks on a full pipe.
-    with open(out_path, "w") as out:
+    with stream, open(out_path, "w") as out:  # closing the pipe at EOF: no ResourceWarning
         for line in stream:
             out.write(line)
             out.flush()

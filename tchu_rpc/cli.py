@@ -1,9 +1,11 @@
-"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, demo)."""
+"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, demo, bench)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_cmd = sub.add_parser("demo", help="run the demo (memory:// unless --broker is given)")
     demo_cmd.add_argument("--broker", default="memory://", help="broker URL (default memory://)")
+
+    # Its arguments are the harness's own (`tchu-rpc bench --help` lists them): main() forwards them.
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="run the benchmark harness, from a clone of the repository (see `tchu-rpc bench --help`)",
+    )
     return parser
 
 
@@ -51,8 +60,13 @@ def _broker(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `tchu-rpc` with `argv`; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     configure(args.log_level if args.command == "worker" else "warning")
+    if args.command == "bench":
+        return _bench(rest)
     try:
         return _dispatch(args)
     except TchuError as exc:
@@ -81,6 +95,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             client.publish(args.topic, data, timeout=args.timeout)
     return 0
+
+
+def _bench(argv: list[str]) -> int:
+    # `benchmarks` is a folder of the repository, not part of the installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        harness = importlib.import_module("benchmarks.__main__")
+    except ImportError as exc:
+        print(
+            f"tchu-rpc bench: the benchmarks cannot be imported ({exc}); run from a clone of the "
+            "repository (its top folder holds `benchmarks/`)",
+            file=sys.stderr,
+        )
+        return 2
+    return int(harness.main(argv))
 
 
 def _json(text: str) -> Any:
