@@ -25,7 +25,11 @@ from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import logger, mask_url
 
 _DRAIN_BATCH = 256
+# kombu's virtual transports (memory://) have no socket to wait on: they are polled, often while
+# messages flow and seldom when idle.
 _MEMORY_POLL = 0.002
+_MEMORY_POLL_BUSY = 0.0001
+_MEMORY_BUSY_FOR = 0.5
 _IDLE_WAIT = 1.0
 
 
@@ -117,6 +121,7 @@ class Loop:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
+        self._busy_until = 0.0  # until when a virtual transport is polled at its fast rate
         self.last_error: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------------------
@@ -130,6 +135,7 @@ class Loop:
     def submit(self, command: Callable[[], None]) -> None:
         """Run `command` on the I/O thread as soon as it is connected."""
         self._commands.append(command)
+        self._busy_until = time.monotonic() + _MEMORY_BUSY_FOR
         self.wake()
 
     def run_or_submit(self, command: Callable[[], None]) -> None:
@@ -264,11 +270,7 @@ class Loop:
             wait = 0.0
         sock = _socket_of(conn)
         if sock is None:
-            self._drain_pipe()
-            try:
-                conn.drain_events(timeout=max(min(wait, _MEMORY_POLL), 0.0005))
-            except TimeoutError:
-                pass
+            self._poll_virtual(conn, wait)
             return
         if not _has_buffered(sock):
             self._io_lock.release()
@@ -282,6 +284,17 @@ class Loop:
             if sock not in readable:
                 return
         self._drain(conn, sock)
+
+    def _poll_virtual(self, conn: Connection, wait: float) -> None:
+        self._drain_pipe()
+        # While busy, return soon too: commands of other threads wait for the drain to end.
+        poll = _MEMORY_POLL_BUSY if time.monotonic() < self._busy_until else _MEMORY_POLL
+        conn.transport.polling_interval = poll
+        try:
+            conn.drain_events(timeout=max(min(wait, poll), 0.0001))
+        except TimeoutError:
+            return
+        self._busy_until = time.monotonic() + _MEMORY_BUSY_FOR
 
     def _check(self, conn: Connection) -> None:
         # kombu silently opens a new connection when one of its methods meets a dead one, so a
