@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--call-threads", type=int, help="handler threads for calls per process")
     worker.add_argument("--event-threads", type=int, help="handler threads for events per process")
     worker.add_argument("--event-prefetch", type=int, help="unacked events per process")
+    worker.add_argument("--reply-cache", metavar="REDIS_URL", help="answer redelivered calls from this cache")
     _broker(worker)
 
     for name, text in (
@@ -82,6 +83,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         call_concurrency=getattr(args, "call_threads", None),
         event_concurrency=getattr(args, "event_threads", None),
         event_prefetch=getattr(args, "event_prefetch", None),
+        reply_cache_url=getattr(args, "reply_cache", None),
     )
     if args.command == "worker":
         from tchu_rpc.process import Supervisor, import_handlers

@@ -65,6 +65,9 @@ class Settings:
     #: The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes; None: off). A
     #: client cannot read it, so it is a setting: workers warn at start when calls may outlive it.
     broker_consumer_timeout: float | None = 1800.0
+    #: Redis URL of a reply cache the workers share (opt-in, needs `tchu-rpc[redis]`): a redelivered
+    #: call whose reply was already sent is answered from it instead of running again.
+    reply_cache_url: str | None = None
     #: How long a worker's reply cache keeps a reply, in seconds.
     reply_cache_ttl: float = 3600.0
     #: TLS: CA bundle that signs the broker's certificate (default: the system's CAs).
@@ -104,8 +107,11 @@ class Settings:
     def __repr__(self) -> str:
         from tchu_rpc.log import mask_url
 
-        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "broker_url")
-        return f"Settings(broker_url={mask_url(self.broker_url)!r}, {', '.join(shown)})"
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            return f"{name}={mask_url(value) if name.endswith('_url') and value else value!r}"
+
+        return f"Settings({', '.join(shown(f.name) for f in fields(self))})"
 
     @property
     def tls(self) -> bool:

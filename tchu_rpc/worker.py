@@ -38,7 +38,7 @@ from tchu_rpc.log import logger, mask_url
 from tchu_rpc.loop import Loop
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
-from tchu_rpc.reply_cache import ReplyCache
+from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
@@ -67,7 +67,8 @@ class Worker:
         registry: the handlers to serve; defaults to the registry that `@subscribe` fills.
         settings: all other knobs; defaults to `Settings.from_env()`.
         reply_cache: answer requests whose message id it holds a reply for without running their
-            handler, and keep successful replies there (for `settings.reply_cache_ttl` seconds).
+            handler, and keep successful replies there (for `settings.reply_cache_ttl` seconds);
+            defaults to a `RedisReplyCache` on `settings.reply_cache_url` when that is set.
     """
 
     def __init__(
@@ -83,6 +84,8 @@ class Worker:
         self.settings = settings.replace(broker_url=url) if url else settings
         self.service = topology.check_service(queue)
         self.registry = default_registry if registry is None else registry
+        if reply_cache is None and self.settings.reply_cache_url:
+            reply_cache = RedisReplyCache(url=self.settings.reply_cache_url)
         self._dispatcher = Dispatcher(self.service, self.registry, self.settings, reply_cache)
         self._limits = TimeLimits(self.settings.handler_time_limit)
         self._publishers: dict[Kind, Publisher] = {}

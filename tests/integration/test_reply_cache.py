@@ -151,3 +151,18 @@ def test_redis_reply_cache_round_trips_and_expires(cache: RedisReplyCache, redis
     cache.put("m1", b"\x00body\nwith newline", wire.MSGPACK, ttl=60)
     assert cache.get("m1") == (b"\x00body\nwith newline", wire.MSGPACK)
     assert 0 < redis_client.pttl(f"{cache.prefix}m1") <= 60_000
+
+
+def test_a_worker_makes_its_cache_from_the_reply_cache_url(
+    tchu: TchuFactory, redis_client: redis.Redis
+) -> None:
+    # The way a standalone worker (`tchu-rpc worker --reply-cache URL`) gets its cache.
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache_url=REDIS_URL)
+    message_id = uuid.uuid4().hex
+    try:
+        replies = deliver_twice(tchu, "rpc.orders.create", message_id)
+    finally:
+        redis_client.delete(f"tchu_rpc:reply:{message_id}")
+    assert runs == [{"item": 1}]
+    assert replies[0] == replies[1]

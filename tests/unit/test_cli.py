@@ -34,6 +34,8 @@ def test_worker_arguments_parse() -> None:
             "amqp://rabbit//",
             "--event-prefetch",
             "5",
+            "--reply-cache",
+            "redis://cache:6379/0",
         ]
     )
     assert args.command == "worker"
@@ -42,6 +44,7 @@ def test_worker_arguments_parse() -> None:
     assert args.concurrency == 4
     assert args.broker == "amqp://rabbit//"
     assert args.event_prefetch == 5
+    assert args.reply_cache == "redis://cache:6379/0"
     assert args.call_threads is None
     assert args.event_threads is None
     assert args.log_level == "info"
