@@ -233,6 +233,10 @@ class Worker:
         elif classic and message.delivery_info.get("redelivered"):
             self._send_then_ack(job, [self._counted_copy(kind, message, earlier)])
         else:
+            if kind == "call":
+                # The clock starts on receipt: a call channel prefetches one call per handler thread, so
+                # its handler starts at once (timing it from the handler thread would wake this one).
+                self._limits.start(job, time.monotonic())
             self._lanes[kind].submit(job)
 
     def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
@@ -369,8 +373,6 @@ class Worker:
     def _handle(self, job: _Job) -> None:
         try:
             if job.kind == "call":
-                if self._limits.limit is not None:
-                    self._loop.submit(partial(self._limits.start, job, time.monotonic()))
                 outcome = self._dispatcher.call(job.message, partial(self._report, job))
             else:
                 outcome = self._dispatcher.event(job.message)
