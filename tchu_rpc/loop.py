@@ -31,6 +31,10 @@ _MEMORY_POLL = 0.002
 _MEMORY_POLL_BUSY = 0.0001
 _MEMORY_BUSY_FOR = 0.5
 _IDLE_WAIT = 1.0
+#: A standby thread looks this often whether the I/O thread is away running a deferred job ...
+_STANDBY_POLL = 0.01
+#: ... and serves the connection once that job has run this long.
+_STANDBY_AFTER = 0.05
 
 
 def tls_options(settings: Settings) -> dict[str, Any] | None:
@@ -114,6 +118,9 @@ class Loop:
         # use the idle connection itself (`run_or_submit`) instead of waking the I/O thread.
         self._io_lock = threading.Lock()
         self._failure: BaseException | None = None
+        self._deferred: deque[Callable[[], None]] = deque()
+        self._away_since: float | None = None  # when the I/O thread left to run a deferred job
+        self._standby: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -158,6 +165,24 @@ class Loop:
             self._io_lock.release()
         if self._commands or self._failure is not None:
             self.wake()
+
+    def defer(self, job: Callable[[], None]) -> None:
+        """Run `job` on the I/O thread once this turn's reads are done, without the connection.
+
+        For work that is usually short (a call handler): it then needs no hand-over to another
+        thread. While it runs, the connection is free for other threads (`run_or_submit`), and if it
+        runs longer than `_STANDBY_AFTER`, a standby thread serves the connection (heartbeats,
+        deliveries, timers) until it returns. Called on the I/O thread only.
+        """
+        self._deferred.append(job)
+        if self._standby is None:
+            self._standby = threading.Thread(target=self._stand_by, name=f"{self.name}-standby", daemon=True)
+            self._standby.start()
+
+    @property
+    def away(self) -> bool:
+        """Tell whether the I/O thread is away running a deferred job."""
+        return self._away_since is not None
 
     def wake(self) -> None:
         """Interrupt the I/O thread's wait."""
@@ -213,6 +238,7 @@ class Loop:
                 self._turn()
             except Exception as exc:
                 self._drop(exc)
+            self._run_deferred()
 
     def _connect(self) -> bool:
         try:
@@ -284,6 +310,31 @@ class Loop:
             if sock not in readable:
                 return
         self._drain(conn, sock)
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            job = self._deferred.popleft()
+            self._away_since = time.monotonic()
+            self._io_lock.release()
+            try:
+                job()
+            finally:
+                self._io_lock.acquire()  # after the standby's current turn, if it took over
+                self._away_since = None
+
+    def _stand_by(self) -> None:
+        while not self._stop.wait(_STANDBY_POLL):
+            since = self._away_since
+            if since is None or time.monotonic() - since < _STANDBY_AFTER:
+                continue
+            with self._io_lock:
+                while self.away and self.connection is not None and not self._stop.is_set():
+                    if self._failure is not None:
+                        break
+                    try:
+                        self._turn()
+                    except Exception as exc:  # the I/O thread drops the connection when it is back
+                        self._failure = exc
 
     def _poll_virtual(self, conn: Connection, wait: float) -> None:
         self._drain_pipe()

@@ -237,6 +237,11 @@ class Worker:
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
                 # its handler starts at once (timing it from the handler thread would wake this one).
                 self._limits.start(job, time.monotonic())
+                if self.settings.call_concurrency == 1 and not self._loop.away:
+                    # No hand-over for the usual short call: the I/O thread runs it after its reads,
+                    # and a standby thread keeps the connection served if it runs long.
+                    self._loop.defer(partial(self._handle, job))
+                    return
             self._lanes[kind].submit(job)
 
     def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
