@@ -1,7 +1,9 @@
 """Worker: consume a service's call and event queues, run handlers, reply, confirm, then ack.
 
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
-events), so heartbeats keep flowing while a handler runs. A finished call's reply is published on
+events), so heartbeats keep flowing while a handler runs; with one call thread, it runs a call's
+handler itself after its reads (`Loop.defer`: no hand-over, and a standby thread serves the
+connection if the handler runs long). A finished call's reply is published on
 the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
 reply; if the worker dies before that, the broker redelivers the request to another worker.
 
