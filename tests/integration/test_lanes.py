@@ -79,3 +79,33 @@ def test_a_service_declares_only_the_lanes_it_serves(
         channel.queue_declare(f"{worker.service}.{present}", passive=True)
         with pytest.raises(NotFound):
             channel.queue_declare(f"{worker.service}.{absent}", passive=True)
+
+
+def test_events_keep_flowing_while_a_long_call_runs(tchu: TchuFactory) -> None:
+    # With one call thread, a call handler runs on the worker's I/O thread; once it runs long, a
+    # standby thread must serve the connection, or events (and heartbeats) would wait for it.
+    all_events = threading.Event()
+    call_running = threading.Event()
+    seen: list[int] = []
+    registry = Registry()
+
+    @registry.subscribe("audit.logged")
+    def on_audit(data: int) -> None:
+        seen.append(data)
+        if len(seen) == 20:
+            all_events.set()
+
+    @registry.subscribe("rpc.audit.slow")
+    def slow(data: Any) -> Any:
+        # Returns once every event arrived, which only happens if they flow while it runs.
+        call_running.set()
+        return all_events.wait(timeout=20)
+
+    tchu.worker(registry, name="audit")
+    client = tchu.client()
+    future = client.call_async("rpc.audit.slow", None, timeout=30)
+    assert call_running.wait(10)
+    for i in range(20):
+        client.publish("audit.logged", i)
+    assert future.result(timeout=30) is True
+    assert sorted(seen) == list(range(20))
