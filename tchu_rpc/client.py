@@ -16,7 +16,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -24,6 +23,7 @@ from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import log, topology, wire
 from tchu_rpc.config import Settings
+from tchu_rpc.connection import is_amqp
 from tchu_rpc.errors import (
     CallTimeout,
     ConnectionLost,
@@ -34,27 +34,12 @@ from tchu_rpc.errors import (
     remote_error,
 )
 from tchu_rpc.log import logger
-from tchu_rpc.loop import Loop, is_amqp
+from tchu_rpc.loop import Loop
+from tchu_rpc.pending import Pending, checked_timeout, wait
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import validate_topic
 
 _RECENT = 4096  # settled correlation ids remembered, to tell a duplicate reply from a stray one
-_GRACE = 5.0  # extra wait beyond a deadline before a caller stops trusting the I/O thread
-
-
-@dataclass(slots=True)
-class _Pending:
-    future: futures.Future[Any]
-    kind: str  # "call" or "event"
-    topic: str
-    body: bytes
-    deadline: float  # time.monotonic(); progress from the handler moves it
-    retry: bool  # publish again after a lost connection (events, idempotent calls)
-    timeout: float = 0.0  # how far each progress report moves the deadline
-    latest: float = math.inf  # the furthest progress may move the deadline (from max_timeout)
-    on_progress: Callable[[Any], None] | None = None
-    sent: bool = False
-    started: float = field(default_factory=time.perf_counter)
 
 
 class Client:
@@ -69,7 +54,7 @@ class Client:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self._codec = wire.codec_for(self.settings.serializer)
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
@@ -115,7 +100,7 @@ class Client:
             ConnectionLost: the connection failed while the call was in flight.
         """
         pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
-        return _wait(pending, topic)
+        return wait(pending, topic)
 
     def call_async(
         self,
@@ -137,8 +122,8 @@ class Client:
         `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
         silently. Events are persistent; every queue bound to a matching pattern gets a copy.
         """
-        timeout = _timeout(timeout, self.settings.publish_timeout)
-        _wait(self._submit("event", topic, data, timeout, True), topic)
+        timeout = checked_timeout(timeout, self.settings.publish_timeout)
+        wait(self._submit("event", topic, data, timeout, True), topic)
 
     def close(self) -> None:
         """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
@@ -168,11 +153,11 @@ class Client:
         idempotent: bool,
         max_timeout: float | None,
         on_progress: Callable[[Any], None] | None,
-    ) -> _Pending:
-        timeout = _timeout(timeout, self.settings.call_timeout)
+    ) -> Pending:
+        timeout = checked_timeout(timeout, self.settings.call_timeout)
         latest = math.inf
         if max_timeout is not None:
-            latest = _timeout(max_timeout, max_timeout)
+            latest = checked_timeout(max_timeout, max_timeout)
             if latest < timeout:
                 raise ValueError(f"max_timeout ({max_timeout!r}) must be at least timeout ({timeout!r})")
         return self._submit("call", topic, data, timeout, idempotent, latest, on_progress)
@@ -186,7 +171,7 @@ class Client:
         retry: bool,
         max_timeout: float = math.inf,
         on_progress: Callable[[Any], None] | None = None,
-    ) -> _Pending:
+    ) -> Pending:
         if self._closed:
             raise ConnectionLost("the client is closed")
         validate_topic(topic)
@@ -196,7 +181,7 @@ class Client:
         now = time.monotonic()
         deadline = now + timeout
         latest = now + max_timeout
-        pending = _Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
+        pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
         self._pending[message_id] = pending
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, message_id))
@@ -304,7 +289,7 @@ class Client:
         else:
             self._settle(correlation_id, reply.result)
 
-    def _progressed(self, message_id: str, pending: _Pending, info: Any) -> None:
+    def _progressed(self, message_id: str, pending: Pending, info: Any) -> None:
         deadline = min(time.monotonic() + pending.timeout, pending.latest)
         if deadline > pending.deadline:
             pending.deadline = deadline
@@ -364,7 +349,7 @@ class Client:
                 self._settle(message_id, self._expired(pending))
         return next_due
 
-    def _expired(self, pending: _Pending) -> TchuError:
+    def _expired(self, pending: Pending) -> TchuError:
         error = self._loop.last_error
         if self._loop.connection is None and error is not None:
             return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}: {error}")
@@ -387,23 +372,3 @@ class Client:
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in list(self._pending.items()):
             self._settle(message_id, make_error(pending))
-
-
-def _timeout(timeout: float | None, default: float) -> float:
-    if timeout is None:
-        return default
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return timeout
-
-
-def _wait(pending: _Pending, topic: str) -> Any:
-    while True:
-        # The deadline may move (progress), so wait in steps up to the deadline seen each time.
-        try:
-            return pending.future.result(max(0.0, pending.deadline - time.monotonic()) + _GRACE)
-        except futures.TimeoutError:
-            if pending.future.done():
-                raise  # the call's own CallTimeout (a TimeoutError too), not a wait that ran out
-            if time.monotonic() >= pending.deadline + _GRACE:
-                raise CallTimeout(f"no answer for {topic!r}: the client's I/O thread is stuck") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from tchu_rpc.loop import is_amqp
+from tchu_rpc.connection import is_amqp
 
 OnConfirm = Callable[[bool], None]
 #: Called with (routing key, exchange, reply text, AMQP properties) for a returned mandatory message.
