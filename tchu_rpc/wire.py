@@ -146,14 +146,8 @@ def encode_reply(codec: Codec, reply: Reply, limit: int) -> bytes:
         return codec.encode(failure)
 
 
-def decode_reply(codec: Codec, body: bytes) -> Reply:
-    """Decode a reply envelope; an unknown kind is a `DecodeError`."""
-    reply: Reply = codec.decode(body, Reply)
-    return reply
-
-
 def decode_envelope(codec: Codec, body: bytes) -> Envelope:
-    """Decode what arrived at a reply address: a reply or a progress message."""
+    """Decode what arrived at a reply address: a reply or a progress message; else `DecodeError`."""
     envelope: Envelope = codec.decode(body, Envelope)
     return envelope
 

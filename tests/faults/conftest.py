@@ -8,8 +8,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from fault_support import WorkerProcesses
 from proxy import FaultProxy
 from rabbit_node import RabbitNode
+
+from tchu_rpc.testing import TchuFactory
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,11 @@ def rabbit_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    """Worker processes of the test's own (see `fault_support.WorkerProcesses`); closed afterwards."""
+    processes = WorkerProcesses(tchu, tmp_path)
+    yield processes
+    processes.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -16,13 +15,6 @@ from tchu_rpc.testing import TchuFactory
 
 CALLS = 50
 TIMEOUT = 0.5
-
-
-@pytest.fixture
-def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
-    processes = WorkerProcesses(tchu, tmp_path)
-    yield processes
-    processes.close()
 
 
 @pytest.mark.timeout(60)

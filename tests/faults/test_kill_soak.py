@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,6 @@ KILL_EVERY = 0.5
 MAX_KILLS = 30
 TIMEOUT = 30.0
 HANDLER_SECONDS = 0.005  # stretches the run, so that it sees MAX_KILLS kills
-
-
-@pytest.fixture
-def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
-    processes = WorkerProcesses(tchu, tmp_path)
-    yield processes
-    processes.close()
 
 
 class Killer(threading.Thread):

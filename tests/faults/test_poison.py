@@ -4,7 +4,6 @@ delivery limit, its caller is told so, and the service keeps answering other cal
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from tchu_rpc.testing import TchuFactory
 
 DELIVERY_LIMIT = 3
 POISON_TIMEOUT = 30.0
-
-
-@pytest.fixture
-def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
-    processes = WorkerProcesses(tchu, tmp_path)
-    yield processes
-    processes.close()
 
 
 @pytest.mark.timeout(120)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 
 import pytest
 from fault_support import WorkerProcesses, wait_for
@@ -15,13 +13,6 @@ from tchu_rpc.testing import TchuFactory
 
 CALLS = 100
 HANDLER_SECONDS = 0.02
-
-
-@pytest.fixture
-def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
-    processes = WorkerProcesses(tchu, tmp_path)
-    yield processes
-    processes.close()
 
 
 @pytest.mark.timeout(120)

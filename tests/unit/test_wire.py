@@ -101,7 +101,7 @@ def test_codecs_name_their_content_types() -> None:
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.content_type)
 @pytest.mark.parametrize("result", [None, 0, "ok", [1, 2], {"id": 1, "name": "Ada"}], ids=_ids)
 def test_result_round_trips_and_decodes_to_result(codec: wire.Codec, result: Any) -> None:
-    reply = wire.decode_reply(codec, wire.encode_reply(codec, wire.Result(result), LIMIT))
+    reply = wire.decode_envelope(codec, wire.encode_reply(codec, wire.Result(result), LIMIT))
     assert isinstance(reply, wire.Result)
     assert reply == wire.Result(result)
 
@@ -109,7 +109,7 @@ def test_result_round_trips_and_decodes_to_result(codec: wire.Codec, result: Any
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.content_type)
 def test_failure_round_trips_and_decodes_to_failure(codec: wire.Codec) -> None:
     failure = wire.Failure(wire.ErrorInfo("RpcError", "no user 9", code="not_found", details={"id": 9}))
-    reply = wire.decode_reply(codec, wire.encode_reply(codec, failure, LIMIT))
+    reply = wire.decode_envelope(codec, wire.encode_reply(codec, failure, LIMIT))
     assert isinstance(reply, wire.Failure)
     assert reply == failure
 
@@ -124,14 +124,14 @@ def test_reply_envelope_is_tagged_by_kind() -> None:
 
 def test_reply_ignores_unknown_fields() -> None:
     body = b'{"type": "result", "result": 1, "added_in_v2": true}'
-    assert wire.decode_reply(JSON, body) == wire.Result(1)
+    assert wire.decode_envelope(JSON, body) == wire.Result(1)
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.content_type)
 def test_unknown_reply_kind_is_a_decode_error(codec: wire.Codec) -> None:
-    body = codec.encode({"type": "progress", "result": 1})
-    with pytest.raises(DecodeError, match="progress"):
-        wire.decode_reply(codec, body)
+    body = codec.encode({"type": "surprise", "result": 1})  # "progress" is a kind now
+    with pytest.raises(DecodeError, match="surprise"):
+        wire.decode_envelope(codec, body)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_unknown_reply_kind_is_a_decode_error(codec: wire.Codec) -> None:
 )
 def test_malformed_reply_envelope_is_a_decode_error(body: bytes) -> None:
     with pytest.raises(DecodeError, match="cannot decode application/json body"):
-        wire.decode_reply(JSON, body)
+        wire.decode_envelope(JSON, body)
 
 
 # -- decode errors ------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_encode_raises_message_too_large_over_the_limit(codec: wire.Codec) -> No
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.content_type)
 def test_encode_reply_turns_an_unencodable_result_into_a_failure(codec: wire.Codec) -> None:
     body = wire.encode_reply(codec, wire.Result({"when": object()}), LIMIT)
-    reply = wire.decode_reply(codec, body)
+    reply = wire.decode_envelope(codec, body)
     assert isinstance(reply, wire.Failure)
     assert reply.error.type == "EncodeError"
     assert "the handler's result" in reply.error.message
@@ -220,7 +220,7 @@ def test_encode_reply_turns_an_unencodable_result_into_a_failure(codec: wire.Cod
 
 def test_encode_reply_turns_an_oversized_result_into_a_failure() -> None:
     body = wire.encode_reply(JSON, wire.Result("x" * 10_000), 1_000)
-    reply = wire.decode_reply(JSON, body)
+    reply = wire.decode_envelope(JSON, body)
     assert isinstance(reply, wire.Failure)
     assert reply.error.type == "MessageTooLarge"
 
@@ -228,7 +228,7 @@ def test_encode_reply_turns_an_oversized_result_into_a_failure() -> None:
 def test_encode_reply_turns_a_cyclic_result_into_a_failure() -> None:
     cyclic: dict[str, Any] = {}
     cyclic["self"] = cyclic
-    reply = wire.decode_reply(JSON, wire.encode_reply(JSON, wire.Result(cyclic), LIMIT))
+    reply = wire.decode_envelope(JSON, wire.encode_reply(JSON, wire.Result(cyclic), LIMIT))
     assert isinstance(reply, wire.Failure)
 
 
