@@ -1,9 +1,11 @@
 """Client: publish events and make RPC calls; thread-safe, one connection, one I/O thread.
 
-Every thread may share one `Client`. Callers encode their message and hand it to the I/O thread,
-which publishes it on the channel that also consumes replies (RabbitMQ's direct reply-to requires
-the same channel). Requests are published `mandatory` with publisher confirms, so a call to a topic
-that no queue is bound to fails with `NoRoute` at once; replies are matched by correlation id.
+Every thread may share one `Client`. Requests are published on the channel that also consumes
+replies (RabbitMQ's direct reply-to requires the same channel), by the calling thread itself while
+the connection is idle, else by the client's I/O thread. They are published `mandatory` with
+publisher confirms, so a call to a topic that no queue is bound to fails with `NoRoute` at once;
+replies are matched by correlation id. A caller whose call is the only one in flight reads its reply
+itself (`Loop.lead`); otherwise the I/O thread reads replies and wakes their callers.
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ class Client:
 
         Each `report_progress(info)` of the handler moves the call's deadline to `timeout` seconds
         after it arrived, but never past `max_timeout` seconds after the call began (default: no
-        bound), and passes `info` to `on_progress`, which runs on the client's I/O thread: keep it
-        short.
+        bound), and passes `info` to `on_progress`, which runs on the thread reading the connection
+        (the client's I/O thread, or a caller waiting for its reply): keep it short.
 
         Raises:
             CallTimeout: no reply within `timeout` seconds (of the start, or of the last progress).
@@ -99,8 +101,7 @@ class Client:
             HandlerTimeLimit: the handler ran past the worker's `handler_time_limit`.
             ConnectionLost: the connection failed while the call was in flight.
         """
-        pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
-        return wait(pending, topic)
+        return self._wait(self._call(topic, data, timeout, idempotent, max_timeout, on_progress), topic)
 
     def call_async(
         self,
@@ -113,7 +114,9 @@ class Client:
         on_progress: Callable[[Any], None] | None = None,
     ) -> futures.Future[Any]:
         """Start a call and return a future of its result; it fails by its deadline at the latest."""
-        return self._call(topic, data, timeout, idempotent, max_timeout, on_progress).future
+        pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
+        self._loop.resume()  # nobody waits on this thread to read the reply
+        return pending.future
 
     def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
         """Broadcast an event and return once the broker confirmed it.
@@ -123,7 +126,7 @@ class Client:
         silently. Events are persistent; every queue bound to a matching pattern gets a copy.
         """
         timeout = checked_timeout(timeout, self.settings.publish_timeout)
-        wait(self._submit("event", topic, data, timeout, True), topic)
+        self._wait(self._submit("event", topic, data, timeout, True), topic)
 
     def close(self) -> None:
         """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
@@ -145,6 +148,15 @@ class Client:
         return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._pending)}>"
 
     # -- caller threads -----------------------------------------------------------------------
+    def _wait(self, pending: Pending, topic: str) -> Any:
+        # Alone in flight, the caller reads its own outcome (`Loop.lead`): no hand-over from the I/O
+        # thread. With others in flight, the I/O thread serves them all.
+        if len(self._pending) == 1:
+            self._loop.lead(pending.future.done)
+        else:
+            self._loop.resume()
+        return wait(pending, topic)
+
     def _call(
         self,
         topic: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from proxy import FaultProxy
@@ -22,8 +23,9 @@ NOTICED_WITHIN = 3 * HEARTBEAT + 0.5
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("waiting", ["call_async", "call"])
 def test_blackhole_fails_pending_call_with_connection_lost_within_heartbeats_then_reconnects(
-    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str
+    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str, waiting: str
 ) -> None:
     running = threading.Event()
     release = threading.Event()
@@ -43,8 +45,13 @@ def test_blackhole_fails_pending_call_with_connection_lost_within_heartbeats_the
     tchu.worker(registry, "blackhole")
     client = tchu.client(broker_url=fault_proxy_url, heartbeat=HEARTBEAT)
     assert client.call("rpc.blackhole.ping", None, timeout=5) == "pong"
-    # And a call pending in a slow handler
-    future = client.call_async("rpc.blackhole.slow", None, timeout=CALL_TIMEOUT)
+    # And a call pending in a slow handler: a future, or a caller alone in flight, which reads the
+    # connection itself (heartbeats included) while it waits
+    pool = ThreadPoolExecutor(1)
+    if waiting == "call_async":
+        future = client.call_async("rpc.blackhole.slow", None, timeout=CALL_TIMEOUT)
+    else:
+        future = pool.submit(client.call, "rpc.blackhole.slow", None, timeout=CALL_TIMEOUT)
     try:
         assert running.wait(10), "the slow handler never started"
 
@@ -59,6 +66,7 @@ def test_blackhole_fails_pending_call_with_connection_lost_within_heartbeats_the
         assert noticed <= NOTICED_WITHIN, f"noticed after {noticed:.2f} s"
     finally:
         release.set()
+        pool.shutdown()
 
     # And once the network is back, the next call reconnects and succeeds
     fault_proxy.restore()
