@@ -42,6 +42,7 @@ from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import validate_topic
 
 _RECENT = 4096  # settled correlation ids remembered, to tell a duplicate reply from a stray one
+_STALE_DEADLINES = 256  # deadlines of settled calls tolerated in the heap before it is rebuilt
 
 
 class Client:
@@ -350,6 +351,11 @@ class Client:
 
     def _expire(self, now: float) -> float | None:
         with self._lock:
+            if len(self._deadlines) > 2 * len(self._pending) + _STALE_DEADLINES:
+                # Settled calls leave their deadline behind; without this, the heap would hold
+                # every call of the last `timeout` seconds (60,000 at 2,000 calls/s and 30 s).
+                self._deadlines = [(p.deadline, m) for m, p in list(self._pending.items())]
+                heapq.heapify(self._deadlines)
             deadlines = self._deadlines
             due = []
             while deadlines and deadlines[0][0] <= now:

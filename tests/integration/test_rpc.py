@@ -327,3 +327,16 @@ def test_topic_and_delivery_headers_from_a_publisher_are_not_trusted(tchu: TchuF
         reply = _get_one(conn, replies)
     assert ran == ["public"]
     assert "hello" in reply.body
+
+
+def test_settled_calls_do_not_keep_their_deadlines(tchu: TchuFactory) -> None:
+    # Memory stays bounded by the calls in flight, not by the calls of the last `timeout` seconds.
+    tchu.worker(users_registry(), call_concurrency=4)
+    client = tchu.client()
+    for start in range(0, 2000, 200):
+        futures = [
+            client.call_async("rpc.users.get", {"id": i}, timeout=60) for i in range(start, start + 200)
+        ]
+        assert [f.result(timeout=30)["id"] for f in futures] == list(range(start, start + 200))
+    assert client.call("rpc.users.get", {"id": 0}, timeout=5)["id"] == 0
+    assert len(client._deadlines) <= 2 * 1 + 256 + 200
