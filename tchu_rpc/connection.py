@@ -7,6 +7,7 @@ from typing import Any
 
 from kombu import Connection
 
+from tchu_rpc import properties
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import mask_url
@@ -36,6 +37,7 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
 
 def open_connection(settings: Settings) -> Connection:
     """Return a connected kombu connection built from `settings`."""
+    properties.install()  # a message whose properties are not UTF-8 must not fail the connection
     conn = Connection(
         settings.broker_url,
         heartbeat=settings.heartbeat or None,

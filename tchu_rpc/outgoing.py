@@ -6,6 +6,7 @@ from typing import Any
 
 from tchu_rpc import topology, wire
 from tchu_rpc.dispatch import topic_of
+from tchu_rpc.properties import printable
 
 
 def answer(message: Any, body: bytes, content_type: str) -> dict[str, Any]:
@@ -31,6 +32,7 @@ def copy(message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
     headers = dict(message.headers or {})
     headers[wire.HEADER_TOPIC] = topic_of(message)
     headers.update(extra)
+    # printable: a malformed message's properties may hold bytes that are not UTF-8 (`properties`)
     return dict(
         body=message.body,
         exchange="",
@@ -38,9 +40,9 @@ def copy(message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
         mandatory=True,
         delivery_mode=props.get("delivery_mode") or 2,
         headers=headers,
-        message_id=props.get("message_id"),
-        correlation_id=props.get("correlation_id"),
-        reply_to=props.get("reply_to"),
-        content_type=message.content_type or "application/octet-stream",
-        content_encoding=message.content_encoding or "binary",
+        message_id=printable(props.get("message_id")),
+        correlation_id=printable(props.get("correlation_id")),
+        reply_to=printable(props.get("reply_to")),
+        content_type=printable(message.content_type or "application/octet-stream"),
+        content_encoding=printable(message.content_encoding or "binary"),
     )

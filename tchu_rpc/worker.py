@@ -31,7 +31,7 @@ from typing import Any
 
 from kombu import Connection, Consumer
 
-from tchu_rpc import log, outgoing, topology, wire
+from tchu_rpc import log, outgoing, properties, topology, wire
 from tchu_rpc.config import Settings
 from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc.errors import ConfigError, ConnectionLost
@@ -230,7 +230,10 @@ class Worker:
         job = _Job(kind, generation, message)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
-        if earlier >= self.settings.delivery_limit:
+        malformed = (message.headers or {}).get(properties.MALFORMED)
+        if malformed is not None:  # see `properties`: its addresses cannot be trusted, no answer
+            self._finish(job, Outcome(dead_reason=f"DecodeError: {properties.printable(malformed)}"))
+        elif earlier >= self.settings.delivery_limit:
             self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
         elif classic and message.delivery_info.get("redelivered"):
             self._send_then_ack(job, [self._counted_copy(kind, message, earlier)])

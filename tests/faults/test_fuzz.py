@@ -178,18 +178,10 @@ POISON = {
 }
 
 
-#: py-amqp decodes short strings as UTF-8 while it parses the frame, so the connection fails before
-#: the worker sees the message, and the broker redelivers it after every reconnection (the same
-#: class of bug as py-amqp#323).
-_PY_AMQP_FRAME_BUG = pytest.mark.xfail(
-    strict=True, reason="py-amqp fails the connection on a non-UTF-8 short string property (cf. py-amqp#323)"
-)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=_PY_AMQP_FRAME_BUG) if c.endswith("_not_utf8") else c for c in sorted(POISON)],
+    sorted(POISON),
 )
 def test_message_that_broke_decoding_is_dead_lettered_without_wedging_the_worker(
     tchu: TchuFactory, fuzz_conn: Connection, case: str
