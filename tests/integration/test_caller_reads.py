@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tchu_rpc import Client, Registry, report_progress
+from tchu_rpc import Client, ConnectionLost, Registry, report_progress
 from tchu_rpc import loop as loop_module
 from tchu_rpc.testing import TchuFactory
 
@@ -180,3 +180,28 @@ def test_the_io_thread_takes_over_when_a_leader_leaves_calls_in_flight(
         # Then the other call's reply is still read (by the I/O thread)
         gates["b"].set()
         assert other.result(timeout=WAIT + 5) == "b"
+
+
+def test_closing_the_client_ends_a_lead_with_connection_lost(
+    tchu: TchuFactory,
+    parked_for_an_hour: None,
+    gates: dict[str, threading.Event],
+    started: dict[str, threading.Event],
+) -> None:
+    tchu.worker(_registry(gates, started))
+    client = tchu.client(heartbeat=0)
+    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # Given a caller leading the connection while its handler is held
+            leading: Future[Any] = pool.submit(client.call, "rpc.lead.gated", "a", timeout=WAIT)
+            assert started["a"].wait(WAIT)
+
+            # When the client is closed
+            client.close()
+
+            # Then the call fails with ConnectionLost (not CallTimeout after its timeout)
+            with pytest.raises(ConnectionLost):
+                leading.result(timeout=WAIT / 2)
+    finally:
+        gates["a"].set()
