@@ -172,3 +172,63 @@ def test_worker_that_survived_resets_stops_at_once(
     expired = [e for e in logs if e["event"] == "shutdown_grace_expired"]
     assert not expired, f"stop() waited out its grace for messages it no longer holds: {expired}"
     assert took < 2.0, f"stop() took {took:.1f} s"
+
+
+@pytest.mark.timeout(120)
+def test_a_reset_while_a_lone_caller_reads_its_own_reply_fails_it_promptly_and_the_next_call_works(
+    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str
+) -> None:
+    # Given a worker on the broker, a client through the proxy, and a handler that, for every 10th
+    # request, holds its reply until the proxy has cut the client's connection
+    waiting = threading.Event()
+    cut = threading.Event()
+    registry = Registry()
+
+    @registry.subscribe("rpc.resets.double")
+    def double(data: dict[str, int]) -> dict[str, int]:
+        if data["n"] % 10 == 5:
+            waiting.set()
+            assert cut.wait(TIMEOUT), "the proxy never cut"
+        return {"n": data["n"], "double": data["n"] * 2}
+
+    tchu.worker(registry, "resets")
+    client = _client(tchu, fault_proxy_url)
+    cuts: list[int] = []
+
+    def cutter() -> None:
+        for _ in range(RESETS):
+            if not waiting.wait(TIMEOUT * 3):
+                return
+            waiting.clear()
+            cuts.append(fault_proxy.reset_all())
+            cut.set()
+
+    thread = threading.Thread(target=cutter, name="cutter")
+    thread.start()
+    outcomes = []
+    try:
+        # When one thread calls 100 times in sequence (each call alone in flight: its caller reads
+        # the connection itself) and 10 of the calls are cut while they wait
+        for n in range(100):
+            started = time.monotonic()
+            try:
+                outcomes.append(
+                    Outcome(n, client.call("rpc.resets.double", {"n": n}, timeout=TIMEOUT), None, 0)
+                )
+            except TchuError as exc:
+                outcomes.append(Outcome(n, None, exc, 0))
+            outcomes[-1].elapsed = time.monotonic() - started
+            cut.clear()
+    finally:
+        cut.set()
+        thread.join(TIMEOUT * 4)
+
+    # Then each cut call failed promptly with ConnectionLost and every other call succeeded
+    assert len(cuts) == RESETS and all(c >= 1 for c in cuts), cuts
+    failed = {o.n: o for o in outcomes if o.error is not None}
+    assert sorted(failed) == list(range(5, 100, 10)), {n: repr(o.error) for n, o in failed.items()}
+    assert all(isinstance(o.error, ConnectionLost) and o.elapsed < PROMPT for o in failed.values()), [
+        (o.n, repr(o.error), round(o.elapsed, 2)) for o in failed.values()
+    ]
+    wrong = [o for o in outcomes if o.error is None and o.result != {"n": o.n, "double": 2 * o.n}]
+    assert not wrong, wrong[:5]
