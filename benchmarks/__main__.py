@@ -1,12 +1,13 @@
-"""Benchmark tchu_rpc beside a raw-kombu floor and tchu-tchu on Celery (`python -m benchmarks`).
+"""Benchmark tchu_rpc beside a raw-kombu floor, tchu-tchu on Celery and aio-pika (`python -m benchmarks`).
 
 Also `tchu-rpc bench [ARGS]` from a clone of the repository.
 
 Brokers: with no --broker, kombu's memory:// in this one process (memory:// exists only inside a
 process): only the tchu_rpc contender runs, its workers as threads beside the client, and there is
 no memory scenario. With an AMQP URL every contender runs, its servers as processes (tchu_rpc's
-through `python -m tchu_rpc worker --concurrency N`); tchu-tchu needs its own venv (made on first
-use) and Redis as its result backend, and is left out with a notice when its venv cannot be made.
+through `python -m tchu_rpc worker --concurrency N`). tchu-tchu (which also needs Redis as its result
+backend) and aio-pika's RPC pattern each run from a venv of its own, made on first use; either is left
+out with a notice when its venv cannot be made.
 
 Scenarios (--scenarios): calls (the procs x in-flight matrix), events (confirmed publish rate and
 publish->handler delay), payloads (100 B, 10 KB, 1 MB sequential calls), serializers (JSON vs
@@ -40,19 +41,20 @@ import structlog
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from benchmarks import chart
+from benchmarks import aio_pika_baseline, chart, tchu_tchu_baseline
+from benchmarks.aio_pika_baseline import AioPikaContender
 from benchmarks.contenders import Contender, Plan, render
 from benchmarks.floor import FloorContender
 from benchmarks.runner import Results, run_scenarios
 from benchmarks.tchu_rpc_contender import TchuRpcContender, in_process
-from benchmarks.tchu_tchu_baseline import DEFAULT_BACKEND, TchuTchuContender, ensure_venv
+from benchmarks.tchu_tchu_baseline import DEFAULT_BACKEND, TchuTchuContender
 from tchu_rpc.log import configure
 
 DEFAULT_BROKER = "memory://"
 OUT_DIR = Path(__file__).resolve().parent / "out"
 SCENARIOS = ("calls", "events", "payloads", "serializers", "memory")
 IN_PROCESS_CONTENDERS = ("tchu_rpc",)
-AMQP_CONTENDERS = ("floor", "tchu_rpc", "tchu-tchu")  # the default; floor+conf only when asked for
+AMQP_CONTENDERS = ("floor", "tchu_rpc", "tchu-tchu", "aio-pika")  # the default; floor+conf on request
 
 # name -> factory(run_id, log_dir, args)
 FACTORIES: dict[str, Callable[[str, Path, argparse.Namespace], Contender]] = {
@@ -62,6 +64,12 @@ FACTORIES: dict[str, Callable[[str, Path, argparse.Namespace], Contender]] = {
     "tchu-tchu": lambda run_id, log_dir, args: TchuTchuContender(
         run_id, log_dir, backend_url=args.tchu_backend, pool=args.tchu_pool, quiet_logs=args.tchu_quiet_logs
     ),
+    "aio-pika": lambda run_id, log_dir, args: AioPikaContender(run_id, log_dir),
+}
+# Contenders run from a venv of their own: name -> what makes it (raises when it cannot).
+VENVS: dict[str, Callable[[], Path]] = {
+    "tchu-tchu": tchu_tchu_baseline.ensure_venv,
+    "aio-pika": aio_pika_baseline.ensure_venv,
 }
 
 
@@ -160,12 +168,13 @@ def _resolve(args: argparse.Namespace) -> str | None:
                 f"{args.broker} lives inside one process: only tchu_rpc runs there, without the memory "
                 f"scenario (asked for {others or ['memory']}); give --broker amqp://... for the rest"
             )
-    if "tchu-tchu" in args.contenders and not explicit:
-        try:
-            ensure_venv()
-        except (OSError, RuntimeError, ValueError) as exc:
-            print(f"notice: tchu-tchu left out: its venv cannot be made ({exc})", file=sys.stderr)
-            args.contenders.remove("tchu-tchu")
+    for name, ensure_venv in VENVS.items():
+        if name in args.contenders and not explicit:
+            try:
+                ensure_venv()
+            except (OSError, RuntimeError, ValueError) as exc:
+                print(f"notice: {name} left out: its venv cannot be made ({exc})", file=sys.stderr)
+                args.contenders.remove(name)
     return None
 
 

@@ -12,7 +12,13 @@ from typing import Any
 
 from benchmarks.contenders import Cell
 
-COLOURS = {"floor": "#7f7f7f", "floor+conf": "#2ca02c", "tchu_rpc": "#1f77b4", "tchu-tchu": "#d62728"}
+COLOURS = {
+    "floor": "#7f7f7f",
+    "floor+conf": "#2ca02c",
+    "tchu_rpc": "#1f77b4",
+    "tchu-tchu": "#d62728",
+    "aio-pika": "#9467bd",
+}
 STYLES = ("-", "--", ":", "-.")
 
 

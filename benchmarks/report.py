@@ -1,4 +1,4 @@
-"""The report: ratios of tchu_rpc to the floor and to tchu-tchu, the issue's targets, markdown tables."""
+"""The report: tchu_rpc's ratios to the floor and the baselines, the issue's targets, markdown tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ SUBJECT = "tchu_rpc"
 FLOOR = "floor"
 FLOOR_CONFIRMED = "floor+conf"  # the floor with tchu_rpc's confirms; informative, no target
 BASELINE = "tchu-tchu"
+AIO_PIKA = "aio-pika"  # a second baseline; informative, no target
 SEQUENTIAL_P50_MAX = 1.25  # tchu_rpc p50 / floor p50 at 1 in flight
 THROUGHPUT_MIN = 0.85  # tchu_rpc calls/s / floor calls/s at 2 procs x 8 and x 64 in flight
 BASELINE_FACTOR = 4.0  # tchu_rpc vs tchu-tchu: throughput and p50, same procs and in-flight
@@ -20,7 +21,7 @@ MEMORY_GROWTH_MAX = 5.0  # %, from the first memory checkpoint to the last
 
 @dataclass(frozen=True)
 class Ratio:
-    """tchu_rpc against the floor and tchu-tchu at one cell (None where a contender did not run)."""
+    """tchu_rpc against the floor, tchu-tchu and aio-pika at one cell (None where one did not run)."""
 
     procs: int
     in_flight: int
@@ -30,6 +31,8 @@ class Ratio:
     rate_vs_baseline: float | None  # tchu_rpc calls/s / tchu-tchu calls/s
     p50_vs_floor_conf: float | None = None  # tchu_rpc p50 / floor+conf p50
     rate_vs_floor_conf: float | None = None  # tchu_rpc calls/s / floor+conf calls/s
+    p50_vs_aio_pika: float | None = None  # tchu_rpc p50 / aio-pika p50
+    rate_vs_aio_pika: float | None = None  # tchu_rpc calls/s / aio-pika calls/s
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,14 @@ class Target:
 
 
 def ratios(cells: Sequence[Cell]) -> list[Ratio]:
-    """Return tchu_rpc's ratios to the floor and to tchu-tchu for every cell tchu_rpc ran."""
+    """Return tchu_rpc's ratios to the floor, tchu-tchu and aio-pika for every cell tchu_rpc ran."""
     by = {(c.contender, c.procs, c.in_flight): c for c in cells}
     out = []
     for cell in sorted((c for c in cells if c.contender == SUBJECT), key=lambda c: (c.procs, c.in_flight)):
         floor = by.get((FLOOR, cell.procs, cell.in_flight))
         base = by.get((BASELINE, cell.procs, cell.in_flight))
         conf = by.get((FLOOR_CONFIRMED, cell.procs, cell.in_flight))
+        aio = by.get((AIO_PIKA, cell.procs, cell.in_flight))
         out.append(
             Ratio(
                 procs=cell.procs,
@@ -59,6 +63,8 @@ def ratios(cells: Sequence[Cell]) -> list[Ratio]:
                 rate_vs_baseline=cell.calls_per_s / base.calls_per_s if base else None,
                 p50_vs_floor_conf=cell.p50 / conf.p50 if conf else None,
                 rate_vs_floor_conf=cell.calls_per_s / conf.calls_per_s if conf else None,
+                p50_vs_aio_pika=cell.p50 / aio.p50 if aio else None,
+                rate_vs_aio_pika=cell.calls_per_s / aio.calls_per_s if aio else None,
             )
         )
     return out
@@ -118,15 +124,17 @@ def targets(rows: Sequence[Ratio], memory: MemoryRun | None) -> list[Target]:
 def render_summary(rows: Sequence[Ratio], goals: Sequence[Target]) -> str:
     """Return the ratios and targets as plain text for the terminal."""
     lines = [
-        "tchu_rpc vs floor and floor+conf (p50 x, calls/s x) and vs tchu-tchu (p50 times lower, calls/s x):",
+        "tchu_rpc vs floor, floor+conf and aio-pika (p50 x, calls/s x) and vs tchu-tchu "
+        "(p50 times lower, calls/s x):",
         f"{'procs':>6}{'in-flight':>10}{'p50/floor':>11}{'rate/floor':>12}{'p50/f+c':>9}{'rate/f+c':>10}"
-        f"{'tt/p50':>9}{'rate/tt':>9}",
+        f"{'tt/p50':>9}{'rate/tt':>9}{'p50/ap':>8}{'rate/ap':>9}",
     ]
     for r in rows:
         lines.append(
             f"{r.procs:>6}{r.in_flight:>10}{_x(r.p50_vs_floor):>11}{_x(r.rate_vs_floor):>12}"
             f"{_x(r.p50_vs_floor_conf):>9}{_x(r.rate_vs_floor_conf):>10}"
             f"{_x(r.p50_gain_vs_baseline):>9}{_x(r.rate_vs_baseline):>9}"
+            f"{_x(r.p50_vs_aio_pika):>8}{_x(r.rate_vs_aio_pika):>9}"
         )
     lines.append("")
     lines.append("targets:")
@@ -155,13 +163,14 @@ def render_markdown(
         parts += ["", "### tchu_rpc's ratios", ""]
         parts += [
             "| procs | in-flight | p50 / floor | calls/s / floor | p50 / floor+conf | calls/s / floor+conf "
-            "| tchu-tchu p50 / tchu_rpc p50 | calls/s / tchu-tchu |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| tchu-tchu p50 / tchu_rpc p50 | calls/s / tchu-tchu | p50 / aio-pika | calls/s / aio-pika |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         parts += [
             f"| {r.procs} | {r.in_flight} | {_x(r.p50_vs_floor)} | {_x(r.rate_vs_floor)} "
             f"| {_x(r.p50_vs_floor_conf)} | {_x(r.rate_vs_floor_conf)} "
-            f"| {_x(r.p50_gain_vs_baseline)} | {_x(r.rate_vs_baseline)} |"
+            f"| {_x(r.p50_gain_vs_baseline)} | {_x(r.rate_vs_baseline)} "
+            f"| {_x(r.p50_vs_aio_pika)} | {_x(r.rate_vs_aio_pika)} |"
             for r in rows
         ]
     for scenario in ("payloads", "serializers"):
@@ -223,7 +232,7 @@ def _calls_table(cells: Sequence[Cell]) -> str:
         "| contender | procs | in-flight | calls | p50 ms | p90 ms | p99 ms | max ms | calls/s |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    order = [FLOOR, FLOOR_CONFIRMED, SUBJECT, BASELINE]
+    order = [FLOOR, FLOOR_CONFIRMED, SUBJECT, BASELINE, AIO_PIKA]
     rank = {name: i for i, name in enumerate(order)}
     for c in sorted(
         cells, key=lambda c: (c.procs, c.in_flight, rank.get(c.contender, len(order)), c.contender)

@@ -27,7 +27,7 @@ class Results:
     memory: MemoryRun | None = None
 
     def ratios(self) -> list[report.Ratio]:
-        """Return tchu_rpc's ratios to the floor and tchu-tchu."""
+        """Return tchu_rpc's ratios to the floor, tchu-tchu and aio-pika."""
         return report.ratios(self.cells)
 
     def targets(self) -> list[report.Target]:

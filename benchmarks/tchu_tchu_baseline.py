@@ -7,15 +7,13 @@ tchu-tchu's RPC needs a Celery result backend: Redis on 127.0.0.1:6379 by defaul
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
 from kombu import Connection
 
+from benchmarks import venvs
 from benchmarks.loadgen import RunResult
 from benchmarks.procs import ServerGroup
 
@@ -24,30 +22,12 @@ VENV = ROOT / ".venv-bench-tchu"
 # Same kombu and py-amqp as the main venv, so that the comparison is of frameworks, not clients.
 REQUIREMENTS = ("tchu-tchu==2.2.21", "celery[redis]==5.7.0", "kombu==5.7.0", "amqp==5.4.2", "redis==8.1.0")
 DEFAULT_BACKEND = "redis://127.0.0.1:6379/0"
-_STAMP = VENV / ".bench-requirements"
-_INSTALL_TIMEOUT = 600
 Pool = Literal["prefork", "solo"]
 
 
 def ensure_venv() -> Path:
     """Create or update the tchu-tchu venv when its pinned requirements changed; return its python."""
-    python = VENV / "bin" / "python"
-    wanted = "\n".join(REQUIREMENTS) + "\n"
-    if python.exists() and _STAMP.exists() and _STAMP.read_text() == wanted:
-        return python
-    base = shutil.which("python3.11") or sys.executable
-    print(f"installing {' '.join(REQUIREMENTS)} into {VENV} ...", file=sys.stderr, flush=True)
-    log = VENV.parent / ".venv-bench-tchu-install.log"
-    with open(log, "w") as out:
-        if not python.exists():
-            subprocess.run([base, "-m", "venv", str(VENV)], check=True, stdout=out, stderr=out, timeout=120)
-        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *REQUIREMENTS]
-        done = subprocess.run(pip, stdout=out, stderr=out, timeout=_INSTALL_TIMEOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"installing {' '.join(REQUIREMENTS)} into {VENV} failed; see {log}")
-    log.unlink()
-    _STAMP.write_text(wanted)
-    return python
+    return venvs.ensure_venv(VENV, REQUIREMENTS)
 
 
 class TchuTchuContender:
@@ -147,9 +127,8 @@ class TchuTchuContender:
         return RunResult.from_json(lines[-1])
 
     def _env(self, broker_url: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-        env.update(
-            PYTHONPATH=str(ROOT),
+        return venvs.child_env(
+            ROOT,
             BENCH_TCHU_BROKER=broker_url,
             BENCH_TCHU_BACKEND=self.backend_url,
             BENCH_TCHU_EXCHANGE=self.exchange,
@@ -157,7 +136,6 @@ class TchuTchuContender:
             BENCH_TCHU_KEY_PREFIX=f"bench-{self.run_id}:",
             BENCH_TCHU_QUIET_LOGS="1" if self.quiet_logs else "0",
         )
-        return env
 
 
 def _delete_topology(broker_url: str, queue: str, exchange: str) -> None:

@@ -1,4 +1,4 @@
-"""The benchmark harness end to end, small: floor and tchu_rpc on the real broker, and `tchu-rpc bench`.
+"""The benchmark harness end to end, small: floor, tchu_rpc and aio-pika on the real broker, `tchu-rpc bench`.
 
 No timing is asserted: only that every cell counts the calls asked for, with positive rates, and that
 the JSON and markdown reports hold them.
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import Connection
 
 from tchu_rpc import cli
 
@@ -67,6 +68,43 @@ def test_harness_runs_floor_and_tchu_rpc_calls_and_events_on_the_broker(
     out = capsys.readouterr().out
     assert "tchu_rpc vs floor" in out
     assert "sequential p50 <= 1.25x floor" in out
+
+
+@pytest.mark.timeout(60)
+def test_harness_runs_aio_pika_from_its_own_venv_and_leaves_nothing_behind(
+    harness: Any, tchu_broker_url: str, tmp_path: Path
+) -> None:
+    # Given the aio-pika venv, made here on first use (pip, a few seconds): when it cannot be made,
+    # this fails with the install log's path, never skips
+    from benchmarks.aio_pika_baseline import METHOD, ensure_venv
+
+    ensure_venv()
+    argv = ["--broker", tchu_broker_url, "--contenders", "aio-pika", "--scenarios", "calls"]
+    argv += ["--procs", "2", "--in-flight", "1,8", "--calls", str(CALLS), "--warmup", "10"]
+    argv += ["--out", str(tmp_path / "run"), "--no-progress"]
+
+    # When the harness runs aio-pika's servers and driver from that venv
+    code = harness.main(argv)
+
+    # Then every cell made the calls asked for
+    assert code == 0
+    report = json.loads((tmp_path / "run.json").read_text())
+    cells = {(c["contender"], c["procs"], c["in_flight"]): c for c in report["cells"]}
+    assert set(cells) == {("aio-pika", 2, 1), ("aio-pika", 2, 8)}
+    for cell in cells.values():
+        assert cell["calls"] == CALLS
+        assert 0 < cell["p50"] <= cell["p99"] <= cell["max"]
+    assert "JsonRPC" in report["contender aio-pika"]
+
+    # And the run's queue and exchange are gone
+    exchange = f"bench.{report['run']}.aiopika"
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        for declare in (
+            lambda ch: ch.queue_declare(queue=f"{exchange}::{METHOD}", passive=True),
+            lambda ch: ch.exchange_declare(exchange=exchange, type="direct", passive=True),
+        ):
+            with pytest.raises(conn.channel_errors):
+                declare(conn.channel())
 
 
 def test_bench_help_through_the_cli_lists_the_harness_options(
