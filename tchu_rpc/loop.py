@@ -45,6 +45,9 @@ _IDLE_WAIT = 1.0
 _STANDBY_POLL = 0.01
 #: ... and serves the connection once that job has run this long.
 _STANDBY_AFTER = 0.05
+#: Once no job has started for this long, it looks less often (an idle worker wakes less).
+_STANDBY_IDLE_AFTER = 1.0
+_STANDBY_IDLE_POLL = 0.1
 
 
 class Loop:
@@ -81,6 +84,7 @@ class Loop:
         self._failure: BaseException | None = None
         self._deferred: deque[Callable[[], None]] = deque()
         self._away_since: float | None = None  # when the I/O thread left to run a deferred job
+        self._last_away = 0.0  # when it last did
         self._standby: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -357,7 +361,7 @@ class Loop:
     def _run_deferred(self) -> None:
         while self._deferred:
             job = self._deferred.popleft()
-            self._away_since = time.monotonic()
+            self._away_since = self._last_away = time.monotonic()
             self._io_lock.release()
             try:
                 job()
@@ -366,9 +370,12 @@ class Loop:
                 self._away_since = None
 
     def _stand_by(self) -> None:
-        while not self._stop.wait(_STANDBY_POLL):
-            since = self._away_since
-            if since is None or time.monotonic() - since < _STANDBY_AFTER:
+        poll = _STANDBY_POLL
+        while not self._stop.wait(poll):
+            since, now = self._away_since, time.monotonic()
+            idle = now - self._last_away > _STANDBY_IDLE_AFTER
+            poll = _STANDBY_IDLE_POLL if idle else _STANDBY_POLL
+            if since is None or now - since < _STANDBY_AFTER:
                 continue
             with self._io_lock:
                 while self.away and self.connection is not None and not self._stop.is_set():
