@@ -5,7 +5,7 @@ replies (RabbitMQ's direct reply-to requires the same channel), by the calling t
 the connection is idle, else by the client's I/O thread. They are published `mandatory` with
 publisher confirms, so a call to a topic that no queue is bound to fails with `NoRoute` at once;
 replies are matched by correlation id. A caller whose call is the only one in flight reads its reply
-itself (`Loop.lead`); otherwise the I/O thread reads replies and wakes their callers.
+itself (`LeadingLoop.lead`); otherwise the I/O thread reads replies and wakes their callers.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from tchu_rpc.errors import (
     TchuError,
     remote_error,
 )
+from tchu_rpc.leading import LeadingLoop
 from tchu_rpc.log import logger
-from tchu_rpc.loop import Loop
 from tchu_rpc.pending import Pending, checked_timeout, wait
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import validate_topic
@@ -64,7 +64,7 @@ class Client:
         self._closed = False
         self._publisher: Publisher | None = None
         self._reply_to = ""
-        self._loop = Loop(
+        self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
             on_connect=self._connected,
@@ -150,7 +150,7 @@ class Client:
 
     # -- caller threads -----------------------------------------------------------------------
     def _wait(self, pending: Pending, topic: str) -> Any:
-        # Alone in flight, the caller reads its own outcome (`Loop.lead`): no hand-over from the I/O
+        # Alone in flight, the caller reads its own outcome (`LeadingLoop.lead`): no hand-over from the I/O
         # thread. With others in flight, the I/O thread serves them all.
         if len(self._pending) == 1:
             self._loop.lead(pending.future.done)

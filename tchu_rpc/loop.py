@@ -6,9 +6,9 @@ reconnects with backoff, runs the commands other threads `submit`, drains the so
 heartbeats flowing while handlers run elsewhere. It sleeps in `select()` on the socket and a wake-up
 pipe, so a submitted command runs at once, not at the next poll.
 
-Two shortcuts save thread hand-overs on the hot path: a thread with something to publish publishes
-it itself while the I/O thread sleeps (`run_or_submit`), and a caller waiting alone for its reply
-reads the socket itself (`lead`) while the I/O thread stays off it.
+A thread with something to publish publishes it itself while the I/O thread sleeps (`run_or_submit`),
+which saves a thread hand-over on the hot path. The client's loop also lets a caller read its own
+reply (`leading`); the worker's runs call handlers on its own thread (`deferring`).
 """
 
 from __future__ import annotations
@@ -29,25 +29,12 @@ from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import logger, mask_url
 
 _DRAIN_BATCH = 256
-#: After a caller led the connection (see `Loop.lead`), the I/O thread stays off the socket this
-#: long, so that back-to-back calls of one thread do not wake it for every reply.
-_LINGER = 0.2
-#: How long a caller waits for the connection to become free before it leaves the reading to the
-#: I/O thread.
-_LEAD_WAIT = 0.005
 # kombu's virtual transports (memory://) have no socket to wait on: they are polled, often while
 # messages flow and seldom when idle.
 _MEMORY_POLL = 0.002
 _MEMORY_POLL_BUSY = 0.0001
 _MEMORY_BUSY_FOR = 0.5
 _IDLE_WAIT = 1.0
-#: A standby thread looks this often whether the I/O thread is away running a deferred job ...
-_STANDBY_POLL = 0.01
-#: ... and serves the connection once that job has run this long.
-_STANDBY_AFTER = 0.05
-#: Once no job has started for this long, it looks less often (an idle worker wakes less).
-_STANDBY_IDLE_AFTER = 1.0
-_STANDBY_IDLE_POLL = 0.1
 
 
 class Loop:
@@ -82,10 +69,6 @@ class Loop:
         # use the idle connection itself (`run_or_submit`) instead of waking the I/O thread.
         self._io_lock = threading.Lock()
         self._failure: BaseException | None = None
-        self._deferred: deque[Callable[[], None]] = deque()
-        self._away_since: float | None = None  # when the I/O thread left to run a deferred job
-        self._last_away = 0.0  # when it last did
-        self._standby: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -94,9 +77,6 @@ class Loop:
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
         self._busy_until = 0.0  # until when a virtual transport is polled at its fast rate
-        self._leader: threading.Thread | None = None  # a caller reading its own reply, see `lead`
-        self._linger_until = 0.0
-        self._parked = False
         self.last_error: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------------------
@@ -133,66 +113,6 @@ class Loop:
             self._io_lock.release()
         if self._commands or self._failure is not None:
             self.wake()
-
-    def lead(self, done: Callable[[], bool]) -> None:
-        """Serve the connection on this thread until `done()`, if it is up, idle and led by no one.
-
-        A caller waiting for its own reply reads it itself instead of being woken by the I/O thread:
-        two thread hand-overs fewer per call. Meanwhile the I/O thread stays off the socket (`_park`).
-        The lead ends when `done()`, or when the connection fails (the I/O thread then drops it); if
-        other work still wants the connection then, the I/O thread takes over at once.
-        """
-        conn = self.connection
-        if (
-            conn is None
-            or self._leader is not None
-            or _socket_of(conn) is None
-            # Held for a moment while the I/O thread reads (a confirm, say), else held by no one.
-            or not self._io_lock.acquire(timeout=_LEAD_WAIT)
-        ):
-            self.resume()
-            return
-        if self._leader is not None or done():  # led by another caller, or answered, meanwhile
-            self._io_lock.release()
-            self.resume()
-            return
-        self._leader = threading.current_thread()
-        try:
-            while not done() and self.connection is conn and not self._stop.is_set():
-                self._turn()
-        except Exception as exc:
-            if self.connection is conn:  # else the I/O thread has dropped it already
-                self._failure = exc  # the I/O thread drops the connection
-        finally:
-            self._leader = None
-            idle = self._failure is None and not self._wants_connection()
-            self._linger_until = time.monotonic() + _LINGER if idle else 0.0
-            self._io_lock.release()
-            if not idle or self._stop.is_set():
-                self.wake()  # the I/O thread takes over (or stops), parked or not
-
-    def resume(self) -> None:
-        """Make sure the I/O thread reads the socket now (it may be parked after a lead)."""
-        if self._parked and self._leader is None:
-            self.wake()
-
-    def defer(self, job: Callable[[], None]) -> None:
-        """Run `job` on the I/O thread once this turn's reads are done, without the connection.
-
-        For work that is usually short (a call handler): it then needs no hand-over to another
-        thread. While it runs, the connection is free for other threads (`run_or_submit`), and if it
-        runs longer than `_STANDBY_AFTER`, a standby thread serves the connection (heartbeats,
-        deliveries, timers) until it returns. Called on the I/O thread only.
-        """
-        self._deferred.append(job)
-        if self._standby is None:
-            self._standby = threading.Thread(target=self._stand_by, name=f"{self.name}-standby", daemon=True)
-            self._standby.start()
-
-    @property
-    def away(self) -> bool:
-        """Tell whether the I/O thread is away running a deferred job."""
-        return self._away_since is not None
 
     def wake(self) -> None:
         """Interrupt the I/O thread's wait."""
@@ -318,73 +238,21 @@ class Loop:
             self._check(conn)
             if self._wake_r in readable:
                 self._drain_pipe()
-            if sock not in readable or self._leader not in (None, threading.current_thread()):
-                return  # a caller took the lead meanwhile: the reading is its (see `lead`)
+            if sock not in readable or self._yields_socket():
+                return
         self._drain(conn, sock)
 
+    # -- hooks of the subclasses (`leading`, `deferring`) -------------------------------------
     def _park(self) -> bool:
-        # Stay off the socket while a caller leads, and for a moment after (see `lead`). Parked is
-        # set before the conditions are read: a caller that adds work and then sees it unset knows
-        # the I/O thread will see that work.
-        self._parked = True
-        try:
-            wait = self._parking_time()
-            if wait is None:
-                return False
-            self._io_lock.release()
-            try:
-                readable, _, _ = select.select([self._wake_r], [], [], wait)
-            finally:
-                self._io_lock.acquire()
-        finally:
-            self._parked = False
-        if readable:
-            self._drain_pipe()
-        conn = self.connection
-        if conn is not None:
-            self._check(conn)
-            self._run_commands()
-        return True
+        """Stay off the socket for a while instead of a turn; return whether it did."""
+        return False
 
-    def _parking_time(self) -> float | None:
-        """Return how long the I/O thread may stay off the socket, or None if it must serve it."""
-        if self._leader is not None:
-            return _IDLE_WAIT  # the leader serves the connection, heartbeats included
-        now = time.monotonic()
-        until = self._linger_until
-        if self.settings.heartbeat:
-            until = min(until, self._next_heartbeat)
-        if now >= until or self._wants_connection():
-            return None
-        return min(until - now, _IDLE_WAIT)
+    def _yields_socket(self) -> bool:
+        """Tell whether another thread reads the socket now (this turn must not)."""
+        return False
 
     def _run_deferred(self) -> None:
-        while self._deferred:
-            job = self._deferred.popleft()
-            self._away_since = self._last_away = time.monotonic()
-            self._io_lock.release()
-            try:
-                job()
-            finally:
-                self._io_lock.acquire()  # after the standby's current turn, if it took over
-                self._away_since = None
-
-    def _stand_by(self) -> None:
-        poll = _STANDBY_POLL
-        while not self._stop.wait(poll):
-            since, now = self._away_since, time.monotonic()
-            idle = now - self._last_away > _STANDBY_IDLE_AFTER
-            poll = _STANDBY_IDLE_POLL if idle else _STANDBY_POLL
-            if since is None or now - since < _STANDBY_AFTER:
-                continue
-            with self._io_lock:
-                while self.away and self.connection is not None and not self._stop.is_set():
-                    if self._failure is not None:
-                        break
-                    try:
-                        self._turn()
-                    except Exception as exc:  # the I/O thread drops the connection when it is back
-                        self._failure = exc
+        """Run the jobs deferred to the end of the turn."""
 
     def _poll_virtual(self, conn: Connection, wait: float) -> None:
         self._drain_pipe()

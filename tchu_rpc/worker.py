@@ -2,7 +2,7 @@
 
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
 events), so heartbeats keep flowing while a handler runs; with one call thread, it runs a call's
-handler itself after its reads (`Loop.defer`: no hand-over, and a standby thread serves the
+handler itself after its reads (`DeferringLoop.defer`: no hand-over, and a standby thread serves the
 connection if the handler runs long). A finished call's reply is published on
 the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
 reply; if the worker dies before that, the broker redelivers the request to another worker.
@@ -33,11 +33,11 @@ from kombu import Connection, Consumer
 
 from tchu_rpc import log, outgoing, properties, topology, wire
 from tchu_rpc.config import Settings
+from tchu_rpc.deferring import DeferringLoop
 from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.lanes import Lane
 from tchu_rpc.log import logger, mask_url
-from tchu_rpc.loop import Loop
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
@@ -101,7 +101,7 @@ class Worker:
         self._start_error: BaseException | None = None
         self._cancelled = False
         self._stopped = False
-        self._loop = Loop(
+        self._loop = DeferringLoop(
             f"tchu-worker-{queue}",
             self.settings,
             on_connect=self._setup,

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tchu_rpc import Client, ConnectionLost, Registry, report_progress
-from tchu_rpc import loop as loop_module
+from tchu_rpc import Client, ConnectionLost, Registry, leading, loop, report_progress
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 10.0
@@ -25,8 +24,9 @@ WAIT = 10.0
 @pytest.fixture
 def parked_for_an_hour(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep a parked I/O thread parked unless something wakes it."""
-    monkeypatch.setattr(loop_module, "_LINGER", 3600.0)
-    monkeypatch.setattr(loop_module, "_IDLE_WAIT", 3600.0)
+    monkeypatch.setattr(leading, "_LINGER", 3600.0)
+    monkeypatch.setattr(leading, "_PARK_MAX", 3600.0)
+    monkeypatch.setattr(loop, "_IDLE_WAIT", 3600.0)
     yield
 
 
