@@ -10,12 +10,9 @@ itself (`LeadingLoop.lead`); otherwise the I/O thread reads replies and wakes th
 
 from __future__ import annotations
 
-import heapq
 import math
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
 from functools import partial
@@ -37,12 +34,9 @@ from tchu_rpc.errors import (
 )
 from tchu_rpc.leading import LeadingLoop
 from tchu_rpc.log import logger
-from tchu_rpc.pending import Pending, checked_timeout, wait
+from tchu_rpc.pending import Inflight, Pending, checked_timeout, wait
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import validate_topic
-
-_RECENT = 4096  # settled correlation ids remembered, to tell a duplicate reply from a stray one
-_STALE_DEADLINES = 256  # deadlines of settled calls tolerated in the heap before it is rebuilt
 
 
 class Client:
@@ -57,10 +51,7 @@ class Client:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self._codec = wire.codec_for(self.settings.serializer)
-        self._pending: dict[str, Pending] = {}
-        self._deadlines: list[tuple[float, str]] = []
-        self._recent: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._inflight = Inflight()
         self._closed = False
         self._publisher: Publisher | None = None
         self._reply_to = ""
@@ -70,7 +61,7 @@ class Client:
             on_connect=self._connected,
             on_lost=self._lost,
             on_tick=self._expire,
-            wants_connection=lambda: bool(self._pending),
+            wants_connection=lambda: bool(self._inflight),
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -146,13 +137,13 @@ class Client:
     def __repr__(self) -> str:
         from tchu_rpc.log import mask_url
 
-        return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._pending)}>"
+        return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._inflight)}>"
 
     # -- caller threads -----------------------------------------------------------------------
     def _wait(self, pending: Pending, topic: str) -> Any:
         # Alone in flight, the caller reads its own outcome (`LeadingLoop.lead`): no hand-over from the I/O
         # thread. With others in flight, the I/O thread serves them all.
-        if len(self._pending) == 1:
+        if len(self._inflight) == 1:
             self._loop.lead(pending.future.done)
         else:
             self._loop.resume()
@@ -195,9 +186,7 @@ class Client:
         deadline = now + timeout
         latest = now + max_timeout
         pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
-        self._pending[message_id] = pending
-        with self._lock:
-            heapq.heappush(self._deadlines, (deadline, message_id))
+        self._inflight.add(message_id, pending)
         self._loop.start()
         self._loop.run_or_submit(partial(self._send, message_id))
         return pending
@@ -218,12 +207,12 @@ class Client:
         consumer = Consumer(channel, queues=[queue], no_ack=True, on_message=self._on_reply)
         consumer.consume()
         self._reply_to = queue.name
-        for message_id, pending in list(self._pending.items()):
+        for message_id, pending in self._inflight.items():
             if not pending.sent:
                 self._loop.submit(partial(self._send, message_id))
 
     def _send(self, message_id: str) -> None:
-        pending = self._pending.get(message_id)
+        pending = self._inflight.get(message_id)
         publisher = self._publisher
         if pending is None or pending.sent or publisher is None:
             return  # settled already, or waiting for the next connection
@@ -263,17 +252,19 @@ class Client:
         pending.sent = True
 
     def _confirmed(self, message_id: str, ok: bool) -> None:
-        pending = self._pending.get(message_id)
+        pending = self._inflight.get(message_id)
         if pending is None:
             return
         if not ok:
-            self._settle(message_id, PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}"))
+            self._inflight.settle(
+                message_id, PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}")
+            )
         elif pending.kind == "event":
-            self._settle(message_id, None)
+            self._inflight.settle(message_id, None)
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""
-        self._settle(
+        self._inflight.settle(
             message_id,
             NoRoute(
                 f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} "
@@ -284,7 +275,7 @@ class Client:
 
     def _on_reply(self, message: Any) -> None:
         correlation_id = message.properties.get("correlation_id") or ""
-        pending = self._pending.get(correlation_id)
+        pending = self._inflight.get(correlation_id)
         if pending is None or pending.kind != "call":
             self._dropped(correlation_id, message)
             return
@@ -292,22 +283,20 @@ class Client:
             codec = wire.codec_of(message.content_type)
             reply = wire.decode_envelope(codec, message.body)
         except DecodeError as exc:
-            self._settle(correlation_id, exc)
+            self._inflight.settle(correlation_id, exc)
             return
         if isinstance(reply, wire.Progress):
             self._progressed(correlation_id, pending, reply.info)
         elif isinstance(reply, wire.Failure):
             err = reply.error
-            self._settle(correlation_id, remote_error(err.type, err.message, err.code, err.details))
+            self._inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, err.details))
         else:
-            self._settle(correlation_id, reply.result)
+            self._inflight.settle(correlation_id, reply.result)
 
     def _progressed(self, message_id: str, pending: Pending, info: Any) -> None:
         deadline = min(time.monotonic() + pending.timeout, pending.latest)
         if deadline > pending.deadline:
-            pending.deadline = deadline
-            with self._lock:
-                heapq.heappush(self._deadlines, (deadline, message_id))
+            self._inflight.postpone(message_id, pending, deadline)
         log.debug("call_progressed", topic=pending.topic, correlation_id=message_id)
         if pending.on_progress is not None:
             try:
@@ -321,50 +310,16 @@ class Client:
             progress = isinstance(envelope, wire.Progress)
         except DecodeError:
             progress = False
-        outcome = self._recent.get(correlation_id, "unknown")
+        outcome = self._inflight.outcome_of(correlation_id)
         if progress:  # a handler still reporting after its call settled: expected, not a fault
             log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome)
         else:
             logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
 
-    def _settle(self, message_id: str, outcome: Any) -> None:
-        pending = self._pending.pop(message_id, None)
-        if pending is None:
-            return
-        self._recent[message_id] = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
-        if len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
-        log.debug(
-            "call_settled" if pending.kind == "call" else "publish_settled",
-            topic=pending.topic,
-            correlation_id=message_id,
-            outcome=self._recent[message_id],
-            duration_ms=round((time.perf_counter() - pending.started) * 1000, 3),
-        )
-        try:
-            if isinstance(outcome, BaseException):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
-        except futures.InvalidStateError:
-            pass  # the caller cancelled the future
-
     def _expire(self, now: float) -> float | None:
-        with self._lock:
-            if len(self._deadlines) > 2 * len(self._pending) + _STALE_DEADLINES:
-                # Settled calls leave their deadline behind; without this, the heap would hold
-                # every call of the last `timeout` seconds (60,000 at 2,000 calls/s and 30 s).
-                self._deadlines = [(p.deadline, m) for m, p in list(self._pending.items())]
-                heapq.heapify(self._deadlines)
-            deadlines = self._deadlines
-            due = []
-            while deadlines and deadlines[0][0] <= now:
-                due.append(heapq.heappop(deadlines)[1])
-            next_due = deadlines[0][0] if deadlines else None
-        for message_id in due:
-            pending = self._pending.get(message_id)
-            if pending is not None and pending.deadline <= now:  # else progress moved it
-                self._settle(message_id, self._expired(pending))
+        due, next_due = self._inflight.due(now)
+        for message_id, pending in due:
+            self._inflight.settle(message_id, self._expired(pending))
         return next_due
 
     def _expired(self, pending: Pending) -> TchuError:
@@ -377,7 +332,7 @@ class Client:
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None
-        for message_id, pending in list(self._pending.items()):
+        for message_id, pending in self._inflight.items():
             if not pending.sent:
                 continue
             if pending.retry:
@@ -385,8 +340,8 @@ class Client:
                 continue
             lost = ConnectionLost(f"connection lost while calling {pending.topic!r}: {exc}")
             lost.__cause__ = exc
-            self._settle(message_id, lost)
+            self._inflight.settle(message_id, lost)
 
     def _fail_all(self, make_error: Any) -> None:
-        for message_id, pending in list(self._pending.items()):
-            self._settle(message_id, make_error(pending))
+        for message_id, pending in self._inflight.items():
+            self._inflight.settle(message_id, make_error(pending))

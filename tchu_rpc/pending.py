@@ -1,17 +1,23 @@
-"""One call or publish in flight in a `Client`: its state, and how a caller waits for its outcome."""
+"""What a `Client` has in flight: each call or publish, their deadlines, how they settle, the wait."""
 
 from __future__ import annotations
 
+import heapq
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from tchu_rpc.errors import CallTimeout
+from tchu_rpc import log
+from tchu_rpc.errors import CallTimeout, TchuError
 
 _GRACE = 5.0  # extra wait beyond a deadline before a caller stops trusting the I/O thread
+_RECENT = 4096  # settled ids remembered, to tell a duplicate reply from a stray one
+_STALE_DEADLINES = 256  # deadlines of settled calls tolerated in the heap before it is rebuilt
 
 
 @dataclass(slots=True)
@@ -29,6 +35,90 @@ class Pending:
     on_progress: Callable[[Any], None] | None = None
     sent: bool = False
     started: float = field(default_factory=time.perf_counter)
+
+
+class Inflight:
+    """The calls and publishes a client has not settled, by message id, with a heap of deadlines.
+
+    Callers add (`add`); the thread serving the connection settles (`settle`, `due`). A settled
+    call's deadline stays in the heap until it is due, or until stale ones outnumber the live ones.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def get(self, message_id: str) -> Pending | None:
+        """Return what is in flight under `message_id`, if anything."""
+        return self._pending.get(message_id)
+
+    def items(self) -> list[tuple[str, Pending]]:
+        """Return a snapshot of (message id, pending) pairs."""
+        return list(self._pending.items())
+
+    def add(self, message_id: str, pending: Pending) -> None:
+        """Track `pending` until it is settled or its deadline passes."""
+        self._pending[message_id] = pending
+        self.postpone(message_id, pending, pending.deadline)
+
+    def postpone(self, message_id: str, pending: Pending, deadline: float) -> None:
+        """Move the deadline of `pending` to `deadline` (progress from its handler)."""
+        pending.deadline = deadline
+        with self._lock:
+            heapq.heappush(self._deadlines, (deadline, message_id))
+
+    def settle(self, message_id: str, outcome: Any) -> None:
+        """Resolve the caller's future with `outcome` (an exception is raised to it); once only."""
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return
+        said = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
+        self._recent[message_id] = said
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        log.debug(
+            "call_settled" if pending.kind == "call" else "publish_settled",
+            topic=pending.topic,
+            correlation_id=message_id,
+            outcome=said,
+            duration_ms=round((time.perf_counter() - pending.started) * 1000, 3),
+        )
+        try:
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+        except futures.InvalidStateError:
+            pass  # the caller cancelled the future
+
+    def outcome_of(self, message_id: str) -> str:
+        """Say how a recently settled call ended (`ok`, an error's name, or `unknown`)."""
+        return self._recent.get(message_id, "unknown")
+
+    def due(self, now: float) -> tuple[list[tuple[str, Pending]], float | None]:
+        """Return what is past its deadline at `now`, and when the next deadline is."""
+        with self._lock:
+            if len(self._deadlines) > 2 * len(self._pending) + _STALE_DEADLINES:
+                # Without this, the heap would hold every call of the last `timeout` seconds
+                # (60,000 at 2,000 calls/s and 30 s).
+                self._deadlines = [(p.deadline, m) for m, p in list(self._pending.items())]
+                heapq.heapify(self._deadlines)
+            deadlines = self._deadlines
+            ids = []
+            while deadlines and deadlines[0][0] <= now:
+                ids.append(heapq.heappop(deadlines)[1])
+            next_due = deadlines[0][0] if deadlines else None
+        due = []
+        for message_id in ids:
+            pending = self._pending.get(message_id)
+            if pending is not None and pending.deadline <= now:  # else progress moved it
+                due.append((message_id, pending))
+        return due, next_due
 
 
 def checked_timeout(timeout: float | None, default: float) -> float:

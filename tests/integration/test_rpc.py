@@ -339,4 +339,4 @@ def test_settled_calls_do_not_keep_their_deadlines(tchu: TchuFactory) -> None:
         ]
         assert [f.result(timeout=30)["id"] for f in futures] == list(range(start, start + 200))
     assert client.call("rpc.users.get", {"id": 0}, timeout=5)["id"] == 0
-    assert len(client._deadlines) <= 2 * 1 + 256 + 200
+    assert len(client._inflight._deadlines) <= 2 * 1 + 256 + 200
