@@ -5,7 +5,8 @@ events), so heartbeats keep flowing while a handler runs; with one call thread, 
 handler itself after its reads (`DeferringLoop.defer`: no hand-over, and a standby thread serves the
 connection if the handler runs long). A finished call's reply is published on
 the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
-reply; if the worker dies before that, the broker redelivers the request to another worker.
+reply (`settling`); if the worker dies before that, the broker redelivers the request to another
+worker.
 
 A call handler that runs past `handler_time_limit` is answered with `HandlerTimeLimit` and its
 request acked (see `timelimit`); a handler's `report_progress()` sends progress to the caller through
@@ -25,7 +26,6 @@ import codecs
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -34,13 +34,14 @@ from kombu import Connection, Consumer
 from tchu_rpc import log, outgoing, properties, topology, wire
 from tchu_rpc.config import Settings
 from tchu_rpc.deferring import DeferringLoop
-from tchu_rpc.dispatch import HEADER_DELIVERIES, Dispatcher, Outcome, describe, previous_deliveries
+from tchu_rpc.dispatch import Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.lanes import Lane
 from tchu_rpc.log import logger, mask_url
 from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
+from tchu_rpc.settling import Job, Settler
 from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
@@ -49,15 +50,6 @@ def _text_encoding(name: str | None) -> str:
         return codecs.lookup(name or "utf-8").name
     except LookupError:
         return "utf-8"
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    kind: Kind
-    generation: int
-    message: Any
-    received: float = field(default_factory=time.perf_counter)
-    timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
 
 
 class Worker:
@@ -90,12 +82,9 @@ class Worker:
             reply_cache = RedisReplyCache(url=self.settings.reply_cache_url)
         self._dispatcher = Dispatcher(self.service, self.registry, self.settings, reply_cache)
         self._limits = TimeLimits(self.settings.handler_time_limit)
-        self._publishers: dict[Kind, Publisher] = {}
         self._consumers: list[Consumer] = []
         self._lanes: dict[Kind, Lane] = {}
-        self._inflight = 0
-        self._confirming: set[_Job] = set()
-        self._idle = threading.Condition()
+        self._settler = Settler(self.service)
         self._started = threading.Event()
         self._stop_requested = threading.Event()
         self._start_error: BaseException | None = None
@@ -149,10 +138,10 @@ class Worker:
         self._stop_requested.set()
         grace = self.settings.shutdown_grace if timeout is None else timeout
         self._loop.submit(self._cancel)
-        with self._idle:
-            drained = self._idle.wait_for(self._drained, grace)
+        with self._settler.idle:
+            drained = self._settler.idle.wait_for(self._drained, grace)
         if not drained:
-            logger.warning("shutdown_grace_expired", service=self.service, inflight=self._inflight)
+            logger.warning("shutdown_grace_expired", service=self.service, inflight=self._settler.inflight)
         self._loop.stop()
         for lane in self._lanes.values():
             lane.close()
@@ -188,7 +177,7 @@ class Worker:
         for kind in ("call", "event"):
             if kind in kinds:
                 self._consume(conn, kind)
-        channel = self._publishers[next(iter(kinds))].channel
+        channel = self._settler.publishers[next(iter(kinds))].channel
         topology.dead_letter_queue(self.service, self.settings)(channel).declare()
         self._cancelled = False
         if self._stop_requested.is_set():
@@ -211,7 +200,7 @@ class Worker:
             queue = topology.event_queue(self.service, self.settings, patterns)
             prefetch = self.settings.event_prefetch
         queue(channel).declare()
-        self._publishers[kind] = Publisher(conn, channel, on_return=self._returned)
+        self._settler.publishers[kind] = Publisher(conn, channel, on_return=self._settler.returned)
         consumer = Consumer(
             channel,
             queues=[queue],
@@ -224,10 +213,10 @@ class Worker:
         self._consumers.append(consumer)
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
-        self._inflight += 1
+        self._settler.received()
         if isinstance(message.body, str):  # py-amqp decodes bodies that name a content encoding
             message.body = message.body.encode(_text_encoding(message.content_encoding))
-        job = _Job(kind, generation, message)
+        job = Job(kind, generation, message)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
@@ -236,7 +225,7 @@ class Worker:
         elif earlier >= self.settings.delivery_limit:
             self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
         elif classic and message.delivery_info.get("redelivered"):
-            self._send_then_ack(job, [self._counted_copy(kind, message, earlier)])
+            self._settler.send_then_ack(job, [self._settler.counted_copy(kind, message, earlier)])
         else:
             if kind == "call":
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
@@ -251,33 +240,32 @@ class Worker:
 
     def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
         """kombu could not even unpack the message (for example a bad `compression` header)."""
-        self._inflight += 1
+        self._settler.received()
         reason = f"{type(exc).__name__}: {exc}"
         self._finish(
-            _Job(kind, generation, message), self._dispatcher.refuse(kind, message, "DecodeError", reason)
+            Job(kind, generation, message), self._dispatcher.refuse(kind, message, "DecodeError", reason)
         )
 
-    def _finish(self, job: _Job, outcome: Outcome) -> None:
+    def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
-            logger.warning("message_abandoned", service=self.service, **describe(job.message))
-            self._done()
+            self._settler.abandon(job)
             return
         message = job.message
         sends = []
         if outcome.dead_reason is not None:
-            sends.append(self._dead_letter(message, outcome.dead_reason))
+            sends.append(self._settler.dead_letter(message, outcome.dead_reason))
         if outcome.reply is not None:
             sends.append(outgoing.answer(message, outcome.reply, outcome.content_type))
-        self._send_then_ack(job, sends)
+        self._settler.send_then_ack(job, sends)
 
-    def _send_progress(self, job: _Job, body: bytes, content_type: str) -> None:
-        publisher = self._publishers.get(job.kind)
+    def _send_progress(self, job: Job, body: bytes, content_type: str) -> None:
+        publisher = self._settler.publishers.get(job.kind)
         if job.timed_out or job.generation != self._loop.generation or publisher is None:
             return  # answered already, or its reply address died with the old connection
         publisher.publish(**outgoing.answer(job.message, body, content_type))
         log.debug("progress_sent", service=self.service, **describe(job.message))
 
-    def _completed(self, job: _Job, outcome: Outcome) -> None:
+    def _completed(self, job: Job, outcome: Outcome) -> None:
         self._limits.finish(job)
         if job.timed_out:
             logger.warning(
@@ -303,84 +291,26 @@ class Worker:
             self._finish(job, self._dispatcher.timed_out(job.message, self._limits.limit or 0.0))
         return next_due
 
-    def _send_then_ack(self, job: _Job, sends: list[dict[str, Any]]) -> None:
-        if not sends:
-            self._ack(job, True)
-            return
-        results: list[bool] = []
-
-        def confirmed(ok: bool) -> None:
-            results.append(ok)
-            if len(results) == len(sends):
-                self._confirming.discard(job)
-                self._ack(job, all(results))
-
-        self._confirming.add(job)
-        publisher = self._publishers[job.kind]
-        for send in sends:
-            publisher.publish(on_confirm=confirmed, **send)
-
-    def _dead_letter(self, message: Any, reason: str) -> dict[str, Any]:
-        logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
-        return outgoing.copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
-
-    def _counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
-        queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
-        return outgoing.copy(message, queue, {HEADER_DELIVERIES: earlier})
-
-    def _ack(self, job: _Job, ok: bool) -> None:
-        try:
-            if ok:
-                job.message.ack()
-            else:
-                job.message.reject(requeue=True)
-            log.debug(
-                "message_acked" if ok else "message_requeued",
-                service=self.service,
-                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
-                **describe(job.message),
-            )
-        finally:
-            self._done()
-
-    def _done(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            if self._inflight <= 0:
-                self._idle.notify_all()
-
-    def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
-        logger.warning(
-            "message_unroutable",
-            service=self.service,
-            routing_key=routing_key,
-            reason=text,
-            correlation_id=props.get("correlation_id"),
-        )
-
     def _cancel(self) -> None:
         for consumer in self._consumers:
             consumer.cancel()
-        with self._idle:
+        with self._settler.idle:
             self._cancelled = True
-            self._idle.notify_all()
+            self._settler.idle.notify_all()
 
     def _drained(self) -> bool:
-        return self._inflight <= 0 and (self._cancelled or self._loop.connection is None)
+        return self._settler.inflight <= 0 and (self._cancelled or self._loop.connection is None)
 
     def _lost(self, exc: BaseException) -> None:
-        self._publishers.clear()
+        self._settler.lost()
         self._limits.clear()
         self._consumers = []
-        for _job in list(self._confirming):
-            self._done()  # its confirm can no longer come; the broker redelivers the message
-        self._confirming.clear()
         if not self._started.is_set():
             self._start_error = exc
             self._started.set()
 
     # -- handler threads ----------------------------------------------------------------------
-    def _handle(self, job: _Job) -> None:
+    def _handle(self, job: Job) -> None:
         try:
             if job.kind == "call":
                 outcome = self._dispatcher.call(job.message, partial(self._report, job))
@@ -391,7 +321,7 @@ class Worker:
             outcome = Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
         self._loop.run_or_submit(partial(self._completed, job, outcome))
 
-    def _report(self, job: _Job, info: Any) -> bool:
+    def _report(self, job: Job, info: Any) -> bool:
         if job.timed_out:
             return False
         codec = wire.codec_of(job.message.content_type)

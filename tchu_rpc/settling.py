@@ -1,0 +1,124 @@
+"""Settle deliveries: publish what each needs, then ack it once the broker confirmed all of it.
+
+What a delivery needs is a reply, a copy to the dead-letter queue, or a counted copy back to its own
+queue (a redelivery on a classic queue). The ack waits for every one of those publishes to be
+confirmed, so a worker that dies in between leaves the delivery to be redelivered, never lost. The
+`Settler` also counts the deliveries in flight, so that a worker can stop when they are settled.
+Runs on the worker's I/O thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tchu_rpc import log, outgoing, wire
+from tchu_rpc.dispatch import HEADER_DELIVERIES, describe
+from tchu_rpc.log import logger
+from tchu_rpc.publisher import Publisher
+from tchu_rpc.registry import Kind
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A delivery the worker has not settled yet."""
+
+    kind: Kind
+    generation: int  # of the connection it came on: its ack and reply address die with it
+    message: Any
+    received: float = field(default_factory=time.perf_counter)
+    timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
+
+
+class Settler:
+    """Publish for deliveries, ack them on their confirms, and count those in flight."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.publishers: dict[Kind, Publisher] = {}  # one per lane's channel, set on each connection
+        self.inflight = 0
+        #: Notified when nothing is in flight any more (and by the worker when it stops consuming).
+        self.idle = threading.Condition()
+        self._confirming: set[Job] = set()
+
+    def received(self) -> None:
+        """Count one more delivery in flight."""
+        self.inflight += 1
+
+    def send_then_ack(self, job: Job, sends: list[dict[str, Any]]) -> None:
+        """Publish `sends` (publish arguments) for `job`, then ack it once all are confirmed.
+
+        A refused publish requeues the delivery instead.
+        """
+        if not sends:
+            self.ack(job, True)
+            return
+        results: list[bool] = []
+
+        def confirmed(ok: bool) -> None:
+            results.append(ok)
+            if len(results) == len(sends):
+                self._confirming.discard(job)
+                self.ack(job, all(results))
+
+        self._confirming.add(job)
+        publisher = self.publishers[job.kind]
+        for send in sends:
+            publisher.publish(on_confirm=confirmed, **send)
+
+    def dead_letter(self, message: Any, reason: str) -> dict[str, Any]:
+        """Return the publish arguments of `message`'s copy to the dead-letter queue, with `reason`."""
+        logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
+        return outgoing.copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
+
+    def counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
+        """Return the publish arguments of `message`'s copy to its own queue, counting deliveries."""
+        queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
+        return outgoing.copy(message, queue, {HEADER_DELIVERIES: earlier})
+
+    def abandon(self, job: Job) -> None:
+        """Give up on `job`: its connection is gone, and the broker redelivers it."""
+        logger.warning("message_abandoned", service=self.service, **describe(job.message))
+        self.done()
+
+    def ack(self, job: Job, ok: bool) -> None:
+        """Ack `job` (or requeue it when `ok` is False) and count it settled."""
+        try:
+            if ok:
+                job.message.ack()
+            else:
+                job.message.reject(requeue=True)
+            log.debug(
+                "message_acked" if ok else "message_requeued",
+                service=self.service,
+                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+                **describe(job.message),
+            )
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        """Count one delivery settled."""
+        with self.idle:
+            self.inflight -= 1
+            if self.inflight <= 0:
+                self.idle.notify_all()
+
+    def returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
+        """Log a publish the broker could not route (the publishers' `on_return`)."""
+        logger.warning(
+            "message_unroutable",
+            service=self.service,
+            routing_key=routing_key,
+            reason=text,
+            correlation_id=props.get("correlation_id"),
+        )
+
+    def lost(self) -> None:
+        """Forget the connection's publishers and the deliveries awaiting their confirms."""
+        self.publishers.clear()
+        for _job in list(self._confirming):
+            self.done()  # its confirm can no longer come; the broker redelivers the message
+        self._confirming.clear()
