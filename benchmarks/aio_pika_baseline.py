@@ -7,10 +7,7 @@ Servers are `python -m benchmarks.aio_pika_rpc serve` processes from it; the cal
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-
-from kombu import Connection
 
 from benchmarks import venvs
 from benchmarks.loadgen import RunResult
@@ -50,7 +47,6 @@ class AioPikaContender:
         self._log_dir = log_dir / self.name
         self._servers = ServerGroup(self._log_dir)
         self._broker_url: str | None = None
-        self._driver_runs = 0
 
     @property
     def settings(self) -> str:
@@ -82,35 +78,14 @@ class AioPikaContender:
         """Stop the servers, then delete the run's queue and exchange (if auto-delete left them)."""
         self._servers.stop()
         if self._broker_url is not None:
-            with Connection(self._broker_url, connect_timeout=5) as conn:
-                channel = conn.channel()
-                channel.queue_delete(self.queue)
-                channel.exchange_delete(self.exchange)
+            venvs.delete_topology(self._broker_url, self.queue, self.exchange)
 
     def run_calls(self, broker_url: str, n_calls: int, in_flight: int, pad: str, warmup: int) -> RunResult:
         """Run the driver in the aio-pika venv and parse the latencies it prints."""
         python = ensure_venv()
         argv = [str(python), "-m", MODULE, "drive", *self._names(broker_url), "--calls", str(n_calls)]
         argv += ["--in-flight", str(in_flight), "--warmup", str(warmup), "--pad-size", str(len(pad))]
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        self._driver_runs += 1
-        err_path = self._log_dir / f"driver-{self._driver_runs}.err"
-        with open(err_path, "w") as err:
-            done = subprocess.run(
-                argv,
-                env=venvs.child_env(ROOT),
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                timeout=120 + 2 * (n_calls + warmup),
-            )
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            tail = "\n".join(err_path.read_text(errors="replace").splitlines()[-15:])
-            raise RuntimeError(f"aio-pika driver exited with {done.returncode}; {err_path}:\n{tail}")
-        return RunResult.from_json(lines[-1])
+        return venvs.run_driver(self.name, argv, venvs.child_env(ROOT), self._log_dir, n_calls + warmup)
 
     def _names(self, broker_url: str) -> list[str]:
         return ["--broker", broker_url, "--exchange", self.exchange, "--method", METHOD]

@@ -11,8 +11,6 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from kombu import Connection
-
 from benchmarks import venvs
 from benchmarks.loadgen import RunResult
 from benchmarks.procs import ServerGroup
@@ -56,7 +54,6 @@ class TchuTchuContender:
         self._log_dir = log_dir / "tchu-tchu"
         self._servers = ServerGroup(self._log_dir)
         self._broker_url: str | None = None
-        self._driver_runs = 0
 
     @property
     def settings(self) -> str:
@@ -96,7 +93,7 @@ class TchuTchuContender:
         self._servers.stop(grace=15)
         if self._broker_url is None:
             return
-        _delete_topology(self._broker_url, self.queue, self.exchange)
+        venvs.delete_topology(self._broker_url, self.queue, self.exchange)
         argv = [str(VENV / "bin" / "python"), "-m", "benchmarks.tchu_tchu_driver", "--delete-results"]
         env = self._env(self._broker_url)
         subprocess.run(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
@@ -106,25 +103,7 @@ class TchuTchuContender:
         python = ensure_venv()
         argv = [str(python), "-m", "benchmarks.tchu_tchu_driver", "--calls", str(n_calls)]
         argv += ["--in-flight", str(in_flight), "--warmup", str(warmup), "--pad-size", str(len(pad))]
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        self._driver_runs += 1
-        err_path = self._log_dir / f"driver-{self._driver_runs}.err"
-        with open(err_path, "w") as err:
-            done = subprocess.run(
-                argv,
-                env=self._env(broker_url),
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                timeout=120 + 2 * (n_calls + warmup),
-            )
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            tail = "\n".join(err_path.read_text(errors="replace").splitlines()[-15:])
-            raise RuntimeError(f"tchu-tchu driver exited with {done.returncode}; {err_path}:\n{tail}")
-        return RunResult.from_json(lines[-1])
+        return venvs.run_driver(self.name, argv, self._env(broker_url), self._log_dir, n_calls + warmup)
 
     def _env(self, broker_url: str) -> dict[str, str]:
         return venvs.child_env(
@@ -136,10 +115,3 @@ class TchuTchuContender:
             BENCH_TCHU_KEY_PREFIX=f"bench-{self.run_id}:",
             BENCH_TCHU_QUIET_LOGS="1" if self.quiet_logs else "0",
         )
-
-
-def _delete_topology(broker_url: str, queue: str, exchange: str) -> None:
-    with Connection(broker_url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        channel.queue_delete(queue)
-        channel.exchange_delete(exchange)

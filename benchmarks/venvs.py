@@ -1,7 +1,8 @@
-"""The baselines' own venvs (`.venv-bench-*`), made on first use with pinned requirements.
+"""The baselines run from venvs of their own (`.venv-bench-*`): make them, run their drivers, clean up.
 
 A baseline whose framework must not enter the main venv runs its servers and its driver from a venv
-of its own; this makes it, and remakes it when the pinned requirements change.
+of its own; this makes it (and remakes it when the pinned requirements change), runs its driver and
+reads the `RunResult` it prints, and deletes what its servers declared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from kombu import Connection
+
+from benchmarks.loadgen import RunResult
+
+_ROOT = Path(__file__).resolve().parent.parent  # the repository: the drivers import `benchmarks`
 _STAMP = ".bench-requirements"
 _VENV_TIMEOUT = 120
 _INSTALL_TIMEOUT = 600
@@ -60,3 +66,36 @@ def child_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(PYTHONPATH=str(root), **extra)
     return env
+
+
+def run_driver(name: str, argv: list[str], env: dict[str, str], log_dir: Path, calls: int) -> RunResult:
+    """Run a baseline's driver (`calls` calls, warm-up included) and parse the `RunResult` it prints.
+
+    Its stderr goes to a new `driver-N.err` in `log_dir`, whose tail a failure quotes.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    err_path = log_dir / f"driver-{len(list(log_dir.glob('driver-*.err'))) + 1}.err"
+    with open(err_path, "w") as err:
+        done = subprocess.run(
+            argv,
+            env=env,
+            cwd=_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120 + 2 * calls,
+        )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(err_path.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{name} driver exited with {done.returncode}; {err_path}:\n{tail}")
+    return RunResult.from_json(lines[-1])
+
+
+def delete_topology(broker_url: str, queue: str, exchange: str) -> None:
+    """Delete a run's queue and exchange (a no-op for those already gone)."""
+    with Connection(broker_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tchu_rpc.log import logger
 from tchu_rpc.loop import Loop, _socket_of
 
 #: After a caller led the connection (see `lead`), the I/O thread stays off the socket this
@@ -63,8 +64,10 @@ class LeadingLoop(Loop):
             while not done() and self.connection is conn and not self._stop.is_set():
                 self._turn()
         except Exception as exc:
-            if self.connection is conn:  # else the I/O thread has dropped it already
-                self._failure = exc  # the I/O thread drops the connection
+            if self.connection is conn:
+                self._failure = exc  # the I/O thread drops the connection (and logs why)
+            else:
+                logger.debug("lead_ended_by_lost_connection", loop=self.name, error=str(exc))
         finally:
             self._leader = None
             idle = self._failure is None and not self._wants_connection()

@@ -61,6 +61,14 @@ def started() -> dict[str, threading.Event]:
     return {name: threading.Event() for name in ("a", "b")}
 
 
+def _connected(tchu: TchuFactory, registry: Registry, **worker_overrides: Any) -> Client:
+    """Start a worker, and a client without heartbeats that has connected by one call."""
+    tchu.worker(registry, **worker_overrides)
+    client = tchu.client(heartbeat=0)
+    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0  # connects (the I/O thread does that)
+    return client
+
+
 def _lead_once(
     client: Client, gates: dict[str, threading.Event], started: dict[str, threading.Event]
 ) -> None:
@@ -81,9 +89,7 @@ def test_a_call_alone_in_flight_is_read_on_its_callers_thread(
     gates: dict[str, threading.Event],
     started: dict[str, threading.Event],
 ) -> None:
-    tchu.worker(_registry(gates, started))
-    client = tchu.client(heartbeat=0)
-    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0  # connects (the I/O thread does that)
+    client = _connected(tchu, _registry(gates, started))
     _lead_once(client, gates, started)
     seen: list[threading.Thread] = []
 
@@ -142,9 +148,7 @@ def test_a_call_made_while_another_caller_leads_is_answered(
     gates: dict[str, threading.Event],
     started: dict[str, threading.Event],
 ) -> None:
-    tchu.worker(_registry(gates, started), call_concurrency=2)
-    client = tchu.client(heartbeat=0)
-    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0
+    client = _connected(tchu, _registry(gates, started), call_concurrency=2)
     with ThreadPoolExecutor(1) as pool:
         # Given a caller leading the connection while its handler is held
         leading: Future[Any] = pool.submit(client.call, "rpc.lead.gated", "a", timeout=WAIT)
@@ -163,9 +167,7 @@ def test_the_io_thread_takes_over_when_a_leader_leaves_calls_in_flight(
     gates: dict[str, threading.Event],
     started: dict[str, threading.Event],
 ) -> None:
-    tchu.worker(_registry(gates, started), call_concurrency=2)
-    client = tchu.client(heartbeat=0)
-    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0
+    client = _connected(tchu, _registry(gates, started), call_concurrency=2)
     with ThreadPoolExecutor(1) as pool:
         # Given a leading caller and a call_async in flight beside it
         leading: Future[Any] = pool.submit(client.call, "rpc.lead.gated", "a", timeout=WAIT)
@@ -188,9 +190,7 @@ def test_closing_the_client_ends_a_lead_with_connection_lost(
     gates: dict[str, threading.Event],
     started: dict[str, threading.Event],
 ) -> None:
-    tchu.worker(_registry(gates, started))
-    client = tchu.client(heartbeat=0)
-    assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0
+    client = _connected(tchu, _registry(gates, started))
     try:
         with ThreadPoolExecutor(1) as pool:
             # Given a caller leading the connection while its handler is held
