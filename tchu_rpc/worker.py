@@ -221,7 +221,7 @@ class Worker:
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
         if malformed is not None:  # see `properties`: its addresses cannot be trusted, no answer
-            self._finish(job, Outcome(dead_reason=f"DecodeError: {properties.printable(malformed)}"))
+            self._finish(job, Outcome(dead_reason=f"DecodeError: {malformed}"))
         elif earlier >= self.settings.delivery_limit:
             self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
         elif classic and message.delivery_info.get("redelivered"):
