@@ -1,7 +1,7 @@
 """Handle one delivery on a handler thread: decode it, run its handlers, decide its outcome.
 
 No I/O happens here: the outcome (a reply to send, a reason to dead-letter, or neither) goes back
-to the worker's I/O thread, which publishes, waits for the broker's confirms, then acks.
+to the worker's I/O thread, which publishes it and acks the delivery (`settling`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""Publish on one channel in confirm mode and call back when the broker confirms or refuses.
+"""Publish on one channel and call back once the broker has taken the messages.
 
-Confirms are pipelined: `publish` returns at once and `on_confirm(True/False)` runs on the I/O thread
-when the broker's `basic.ack`/`basic.nack` arrives, so many messages can await their confirms together.
-On a kombu virtual transport (`memory://`) there are no confirms and a publish counts as confirmed.
+On AMQP a channel is in one of two modes. In confirm mode (`publish`) confirms are pipelined:
+`publish` returns at once and `on_confirm(True/False)` runs on the I/O thread when the broker's
+`basic.ack`/`basic.nack` arrives, so many messages can await their confirms together. In transaction
+mode (`transact`) a group of publishes and acks goes out with a `tx.commit` in one write: the broker
+applies all of them or none, so an ack can never take effect without its reply, and no round trip
+separates the reply from the ack. RabbitMQ refuses any method on a channel whose commit it is still
+completing, so while one commit awaits its `commit-ok` later groups wait, then go out together with
+one commit. On a kombu virtual transport (`memory://`) there are neither and a publish counts as done.
+
 On AMQP, messages go to py-amqp's `basic_publish` directly: kombu's `Producer.publish` wraps each
 message once more, which cost about 15 us of CPU per message here (benchmarks/RESULTS.md).
 """
@@ -10,9 +16,11 @@ message once more, which cost about 15 us of CPU per message here (benchmarks/RE
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import amqp
+from amqp import spec
 from kombu import Connection, Producer
 
 from tchu_rpc.connection import is_amqp
@@ -20,23 +28,41 @@ from tchu_rpc.connection import is_amqp
 OnConfirm = Callable[[bool], None]
 #: Called with (routing key, exchange, reply text, AMQP properties) for a returned mandatory message.
 OnReturn = Callable[[str, str, str, dict[str, Any]], None]
+#: A group of writes on the channel (publishes, acks) and what to run once they are committed.
+_Group = tuple[Callable[[], None], Callable[[], None]]
 
 
 class Publisher:
-    """Publish messages on a channel and track the broker's confirms."""
+    """Publish messages on a channel and track the broker's confirms or commits.
 
-    def __init__(self, conn: Connection, channel: Any, on_return: OnReturn) -> None:
+    With `transactional`, the channel is in transaction mode (AMQP only): use `transact`, and
+    `publish` commits each message by itself.
+    """
+
+    def __init__(
+        self, conn: Connection, channel: Any, on_return: OnReturn, transactional: bool = False
+    ) -> None:
         self.channel = channel
         self.producer = Producer(channel, auto_declare=False)
-        self.confirming = is_amqp(conn)
+        amqp_conn = is_amqp(conn)
+        self.confirming = amqp_conn and not transactional
+        self.transactional = amqp_conn and transactional
         self._seq = 0
         self._waiting: dict[int, OnConfirm] = {}
         self._on_return = on_return
+        self._committing: list[Callable[[], None]] | None = None  # the commit awaiting its commit-ok
+        self._queued: list[_Group] = []
+        self._writing = False
+        if amqp_conn:
+            channel.events["basic_return"].add(self._returned)
         if self.confirming:
             channel.confirm_select()
             channel.events["basic_ack"].add(self._acked)
             channel.events["basic_nack"].add(self._nacked)
-            channel.events["basic_return"].add(self._returned)
+        elif self.transactional:
+            channel.tx_select()
+            # py-amqp has no public hook for an unawaited commit-ok; it dispatches by method.
+            channel._callbacks[spec.Tx.CommitOk] = self._committed
 
     def publish(
         self,
@@ -52,7 +78,11 @@ class Publisher:
         `properties` are kombu's `Producer.publish` arguments: `mandatory`, `headers`,
         `expiration` (seconds) and the AMQP message properties.
         """
-        if not self.confirming:
+        if self.transactional and not self._writing:
+            send = {"body": body, "exchange": exchange, "routing_key": routing_key, **properties}
+            self.transact(partial(self.publish, **send), partial(_confirm, on_confirm))
+            return
+        if not self.confirming and not self.transactional:
             self.producer.publish(body, exchange=exchange, routing_key=routing_key, **properties)
             if on_confirm is not None:
                 on_confirm(True)
@@ -64,14 +94,43 @@ class Publisher:
         headers = properties.pop("headers", None)
         message = amqp.Message(body, application_headers=headers, **properties)
         self.channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
-        self._seq += 1
-        if on_confirm is not None:
-            self._waiting[self._seq] = on_confirm
+        if self.confirming:
+            self._seq += 1
+            if on_confirm is not None:
+                self._waiting[self._seq] = on_confirm
 
-    @property
-    def unconfirmed(self) -> int:
-        """Count the publishes still waiting for their confirm."""
-        return len(self._waiting)
+    def transact(self, writes: Callable[[], None], on_committed: Callable[[], None]) -> None:
+        """Run `writes` (publishes and acks on this channel) as one transaction.
+
+        `on_committed` runs once the broker committed it (at once without transactions). If the
+        channel fails first, it never runs: the broker applied none of the writes.
+        """
+        if not self.transactional:
+            writes()
+            on_committed()
+            return
+        if self._committing is not None or self._writing:
+            self._queued.append((writes, on_committed))
+            return
+        self._commit([(writes, on_committed)])
+
+    def _commit(self, groups: list[_Group]) -> None:
+        self._writing = True
+        try:
+            for writes, _ in groups:
+                writes()
+        finally:
+            self._writing = False
+        self.channel.send_method(spec.Tx.Commit)
+        self._committing = [on_committed for _, on_committed in groups]
+
+    def _committed(self, *args: Any) -> None:
+        done, self._committing = self._committing or [], None
+        queued, self._queued = self._queued, []
+        if queued:
+            self._commit(queued)
+        for on_committed in done:
+            on_committed()
 
     def _acked(self, delivery_tag: int, multiple: bool) -> None:
         self._settle(delivery_tag, multiple, True)
@@ -89,3 +148,8 @@ class Publisher:
 
     def _returned(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         self._on_return(routing_key, exchange, str(getattr(exc, "reply_text", exc)), message.properties)
+
+
+def _confirm(on_confirm: OnConfirm | None) -> None:
+    if on_confirm is not None:
+        on_confirm(True)

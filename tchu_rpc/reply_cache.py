@@ -1,7 +1,8 @@
 """Opt-in reply cache keyed by message id: a redelivered call is answered without running again.
 
-A worker acks a request only after the broker confirmed its reply, so a worker that dies between
-the two leaves the request to be redelivered, and its handler runs a second time. With
+A worker acks a request together with its reply (one transaction), so a worker that dies after
+the handler ran but before that commit leaves the request to be redelivered, and its handler runs a
+second time. With
 `Worker(reply_cache=...)`, the worker stores each successful reply under the request's message id
 before publishing it, and answers a request whose message id it already has from the cache.
 

@@ -1,8 +1,10 @@
-"""Settle deliveries: publish what each needs, then ack it once the broker confirmed all of it.
+"""Settle deliveries: publish what each needs, then ack it once the broker took all of it.
 
 What a delivery needs is a reply, a copy to the dead-letter queue, or a counted copy back to its own
-queue (a redelivery on a classic queue). The ack waits for every one of those publishes to be
-confirmed, so a worker that dies in between leaves the delivery to be redelivered, never lost. The
+queue (a redelivery on a classic queue). On a call channel (transactional, see `publisher`) those
+publishes and the ack are one AMQP transaction: the broker applies all or none. Elsewhere the ack
+waits for every publish's confirm. Either way a worker that dies in between leaves the delivery to
+be redelivered, never lost. The
 `Settler` also counts the deliveries in flight, so that a worker can stop when they are settled.
 Runs on the worker's I/O thread.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tchu_rpc import log, outgoing, wire
@@ -48,10 +51,22 @@ class Settler:
         self.inflight += 1
 
     def send_then_ack(self, job: Job, sends: list[dict[str, Any]]) -> None:
-        """Publish `sends` (publish arguments) for `job`, then ack it once all are confirmed.
+        """Publish `sends` (publish arguments) for `job`, then ack it once the broker took them all.
 
-        A refused publish requeues the delivery instead.
+        On a transactional channel the publishes and the ack go out as one transaction; otherwise
+        the ack waits for every publish's confirm, and a refused publish requeues the delivery.
         """
+        publisher = self.publishers[job.kind]
+        if publisher.transactional:
+
+            def writes() -> None:
+                for send in sends:
+                    publisher.publish(**send)
+                job.message.ack()
+
+            self._confirming.add(job)
+            publisher.transact(writes, partial(self._committed, job))
+            return
         if not sends:
             self.ack(job, True)
             return
@@ -64,7 +79,6 @@ class Settler:
                 self.ack(job, all(results))
 
         self._confirming.add(job)
-        publisher = self.publishers[job.kind]
         for send in sends:
             publisher.publish(on_confirm=confirmed, **send)
 
@@ -90,14 +104,24 @@ class Settler:
                 job.message.ack()
             else:
                 job.message.reject(requeue=True)
-            log.debug(
-                "message_acked" if ok else "message_requeued",
-                service=self.service,
-                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
-                **describe(job.message),
-            )
+            self._settled(job, "message_acked" if ok else "message_requeued")
         finally:
             self.done()
+
+    def _committed(self, job: Job) -> None:
+        self._confirming.discard(job)
+        try:
+            self._settled(job, "message_acked")
+        finally:
+            self.done()
+
+    def _settled(self, job: Job, event: str) -> None:
+        log.debug(
+            event,
+            service=self.service,
+            duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+            **describe(job.message),
+        )
 
     def done(self) -> None:
         """Count one delivery settled."""

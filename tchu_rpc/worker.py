@@ -1,12 +1,11 @@
-"""Worker: consume a service's call and event queues, run handlers, reply, confirm, then ack.
+"""Worker: consume a service's call and event queues, run handlers, reply and ack.
 
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
 events), so heartbeats keep flowing while a handler runs; with one call thread, it runs a call's
 handler itself after its reads (`DeferringLoop.defer`: no hand-over, and a standby thread serves the
-connection if the handler runs long). A finished call's reply is published on
-the delivery's channel in confirm mode and the request is acked only after the broker confirmed the
-reply (`settling`); if the worker dies before that, the broker redelivers the request to another
-worker.
+connection if the handler runs long). A finished call's reply and the request's ack
+are one AMQP transaction on the delivery's channel (`settling`, `publisher`); if the worker dies
+before the commit, the broker redelivers the request to another worker.
 
 A call handler that runs past `handler_time_limit` is answered with `HandlerTimeLimit` and its
 request acked (see `timelimit`); a handler's `report_progress()` sends progress to the caller through
@@ -43,6 +42,10 @@ from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 from tchu_rpc.settling import Job, Settler
 from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
+
+
+def _nothing() -> None:
+    pass
 
 
 def _text_encoding(name: str | None) -> str:
@@ -82,7 +85,7 @@ class Worker:
             reply_cache = RedisReplyCache(url=self.settings.reply_cache_url)
         self._dispatcher = Dispatcher(self.service, self.registry, self.settings, reply_cache)
         self._limits = TimeLimits(self.settings.handler_time_limit)
-        self._consumers: list[Consumer] = []
+        self._consumers: dict[Kind, Consumer] = {}
         self._lanes: dict[Kind, Lane] = {}
         self._settler = Settler(self.service)
         self._started = threading.Event()
@@ -172,7 +175,7 @@ class Worker:
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _setup(self, conn: Connection) -> None:
-        self._consumers = []
+        self._consumers = {}
         kinds = self.registry.kinds()
         for kind in ("call", "event"):
             if kind in kinds:
@@ -200,7 +203,11 @@ class Worker:
             queue = topology.event_queue(self.service, self.settings, patterns)
             prefetch = self.settings.event_prefetch
         queue(channel).declare()
-        self._settler.publishers[kind] = Publisher(conn, channel, on_return=self._settler.returned)
+        # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
+        # mostly acked with nothing to publish, need no round trip for that.
+        self._settler.publishers[kind] = Publisher(
+            conn, channel, on_return=self._settler.returned, transactional=kind == "call"
+        )
         consumer = Consumer(
             channel,
             queues=[queue],
@@ -210,7 +217,7 @@ class Worker:
         )
         consumer.qos(prefetch_count=prefetch)
         consumer.consume()
-        self._consumers.append(consumer)
+        self._consumers[kind] = consumer
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._settler.received()
@@ -292,8 +299,9 @@ class Worker:
         return next_due
 
     def _cancel(self) -> None:
-        for consumer in self._consumers:
-            consumer.cancel()
+        for kind, consumer in self._consumers.items():
+            # Not while a commit is under way: RabbitMQ would close the channel.
+            self._settler.publishers[kind].transact(consumer.cancel, _nothing)
         with self._settler.idle:
             self._cancelled = True
             self._settler.idle.notify_all()
@@ -304,7 +312,7 @@ class Worker:
     def _lost(self, exc: BaseException) -> None:
         self._settler.lost()
         self._limits.clear()
-        self._consumers = []
+        self._consumers = {}
         if not self._started.is_set():
             self._start_error = exc
             self._started.set()

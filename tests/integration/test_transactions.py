@@ -1,0 +1,130 @@
+"""A worker settles calls as AMQP transactions: its publishes and the ack are committed together.
+
+RabbitMQ closes a channel that sends any method while a `tx.commit` is still completing (it waits
+for queues to confirm persistent messages), so a `Publisher` holds later transactions back until
+the commit-ok and then commits them together.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from tchu_rpc import Registry
+from tchu_rpc.publisher import Publisher
+from tchu_rpc.testing import TchuFactory
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def durable_queue(tchu_broker_url: str) -> Iterator[str]:
+    name = f"t{uuid.uuid4().hex[:10]}.tx"
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        conn.channel().queue_declare(name, durable=True, auto_delete=False)
+        yield name
+        conn.channel().queue_delete(name)
+
+
+def _returned(*args: Any) -> None:
+    raise AssertionError(f"unexpected basic.return: {args}")
+
+
+def test_transactions_behind_a_commit_wait_for_it_then_commit_together(
+    tchu_broker_url: str, durable_queue: str
+) -> None:
+    # Given a transactional publisher whose first commit holds a persistent message to a durable
+    # queue (the broker completes that commit only once the queue has it on disk)
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        conn.connect()
+        channel = conn.channel()
+        publisher = Publisher(conn, channel, on_return=_returned, transactional=True)
+        committed: list[str] = []
+
+        def group(name: str) -> None:
+            publisher.transact(
+                lambda: publisher.publish(
+                    name.encode(), exchange="", routing_key=durable_queue, delivery_mode=2, mandatory=True
+                ),
+                lambda: committed.append(name),
+            )
+
+        # When three transactions are made at once
+        for name in ("a", "b", "c"):
+            group(name)
+        assert committed == [], "nothing is committed before the broker says so"
+        deadline = time.monotonic() + WAIT
+        while len(committed) < 3 and time.monotonic() < deadline:
+            conn.drain_events(timeout=1)
+
+        # Then all three are committed in order, on a channel that is still open
+        assert committed == ["a", "b", "c"]
+        assert channel.is_open
+        bodies = []
+        while (message := channel.basic_get(durable_queue, no_ack=True)) is not None:
+            bodies.append(message.body)
+        assert bodies == [b"a", b"b", b"c"]
+
+
+def test_publish_on_a_transactional_channel_is_committed_by_itself(
+    tchu_broker_url: str, durable_queue: str
+) -> None:
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        conn.connect()
+        channel = conn.channel()
+        publisher = Publisher(conn, channel, on_return=_returned, transactional=True)
+        confirmed: list[bool] = []
+
+        publisher.publish(b"x", exchange="", routing_key=durable_queue, on_confirm=confirmed.append)
+        deadline = time.monotonic() + WAIT
+        while not confirmed and time.monotonic() < deadline:
+            conn.drain_events(timeout=1)
+
+        assert confirmed == [True]
+        assert channel.basic_get(durable_queue, no_ack=True).body == b"x"
+
+
+def test_publisher_on_memory_transport_settles_at_once() -> None:
+    with Connection("memory://") as conn:
+        channel = conn.channel()
+        publisher = Publisher(conn, channel, on_return=_returned, transactional=True)
+        order: list[str] = []
+
+        publisher.transact(lambda: order.append("writes"), lambda: order.append("committed"))
+
+        assert not publisher.transactional
+        assert order == ["writes", "committed"]
+
+
+def test_concurrent_calls_settle_and_leave_nothing_unacked(tchu: TchuFactory) -> None:
+    # Given a worker with four call threads whose handlers finish together, so that their
+    # transactions meet a commit still in flight
+    registry = Registry()
+    barrier = threading.Barrier(4, timeout=WAIT)
+
+    @registry.subscribe("rpc.tx.echo")
+    def echo(data: int) -> int:
+        if data < 8:
+            barrier.wait()
+        return data
+
+    worker = tchu.worker(registry, call_concurrency=4)
+    client = tchu.client()
+
+    # When 40 calls are made from 8 threads
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: client.call("rpc.tx.echo", n, timeout=WAIT), range(40)))
+
+    # Then each is answered, and once the worker stopped no request is left to redeliver
+    assert results == list(range(40))
+    worker.stop()
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        calls = conn.channel().queue_declare(f"{worker.service}.calls", passive=True)
+        assert calls.message_count == 0
