@@ -15,7 +15,8 @@ message once more, which cost about 15 us of CPU per message here (benchmarks/RE
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -52,6 +53,7 @@ class Publisher:
         self._on_return = on_return
         self._committing: list[Callable[[], None]] | None = None  # the commit awaiting its commit-ok
         self._queued: list[_Group] = []
+        self._between: list[Callable[[], None]] = []  # to run once no commit is under way
         self._writing = False
         if amqp_conn:
             channel.events["basic_return"].add(self._returned)
@@ -117,18 +119,31 @@ class Publisher:
     def _commit(self, groups: list[_Group]) -> None:
         self._writing = True
         try:
-            for writes, _ in groups:
-                writes()
+            with _one_write(self.channel.connection.transport):
+                for writes, _ in groups:
+                    writes()
+                self.channel.send_method(spec.Tx.Commit)
         finally:
             self._writing = False
-        self.channel.send_method(spec.Tx.Commit)
         self._committing = [on_committed for _, on_committed in groups]
+
+    def between_commits(self, command: Callable[[], None]) -> None:
+        """Run `command` (a method outside transactions, such as `basic.cancel`) between commits."""
+        if self._committing is None and not self._writing:
+            command()
+        else:
+            self._between.append(command)
 
     def _committed(self, *args: Any) -> None:
         done, self._committing = self._committing or [], None
+        between, self._between = self._between, []
+        for command in between:
+            command()  # may wait for its answer, and commit what arrives meanwhile
         queued, self._queued = self._queued, []
-        if queued:
+        if queued and self._committing is None:
             self._commit(queued)
+        else:
+            self._queued[:0] = queued
         for on_committed in done:
             on_committed()
 
@@ -153,3 +168,24 @@ class Publisher:
 def _confirm(on_confirm: OnConfirm | None) -> None:
     if on_confirm is not None:
         on_confirm(True)
+
+
+@contextmanager
+def _one_write(transport: Any) -> Iterator[None]:
+    """Send the frames written in the block in one system call, not one per frame.
+
+    py-amqp writes every method as it goes (`transport._write`, the socket's `sendall` on TCP); a
+    transaction's publishes, ack and commit are wanted together anyway. Nothing is sent if the
+    block fails: the loop drops the connection then.
+    """
+    own = vars(transport).get("_write")
+    chunks: list[bytes] = []
+    transport._write = lambda data: chunks.append(bytes(data))  # py-amqp reuses its frame buffer
+    try:
+        yield
+    finally:
+        if own is None:
+            del transport._write
+        else:
+            transport._write = own
+    transport.write(b"".join(chunks))

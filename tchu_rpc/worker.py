@@ -44,10 +44,6 @@ from tchu_rpc.settling import Job, Settler
 from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
-def _nothing() -> None:
-    pass
-
-
 def _text_encoding(name: str | None) -> str:
     try:
         return codecs.lookup(name or "utf-8").name
@@ -301,7 +297,7 @@ class Worker:
     def _cancel(self) -> None:
         for kind, consumer in self._consumers.items():
             # Not while a commit is under way: RabbitMQ would close the channel.
-            self._settler.publishers[kind].transact(consumer.cancel, _nothing)
+            self._settler.publishers[kind].between_commits(consumer.cancel)
         with self._settler.idle:
             self._cancelled = True
             self._settler.idle.notify_all()

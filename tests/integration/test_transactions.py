@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
+from structlog.testing import capture_logs
 
 from tchu_rpc import Registry
 from tchu_rpc.publisher import Publisher
@@ -128,3 +129,24 @@ def test_concurrent_calls_settle_and_leave_nothing_unacked(tchu: TchuFactory) ->
     with Connection(tchu.broker_url, connect_timeout=5) as conn:
         calls = conn.channel().queue_declare(f"{worker.service}.calls", passive=True)
         assert calls.message_count == 0
+
+
+def test_stop_after_calls_cancels_at_once_without_waiting_out_the_grace(tchu: TchuFactory) -> None:
+    # Given a worker that has just settled calls on its transactional channel
+    registry = Registry()
+
+    @registry.subscribe("rpc.tx.echo")
+    def echo(data: int) -> int:
+        return data
+
+    worker = tchu.worker(registry, shutdown_grace=3.0)
+    client = tchu.client()
+    assert [client.call("rpc.tx.echo", n, timeout=WAIT) for n in range(5)] == list(range(5))
+
+    # When it stops
+    with capture_logs() as logs:
+        worker.stop()
+
+    # Then the grace never ran out (a cancel sent while a commit is under way, or held back with
+    # the commit's frames, would close the channel or wait for an answer that never comes)
+    assert "shutdown_grace_expired" not in [entry["event"] for entry in logs]
