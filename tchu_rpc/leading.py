@@ -113,7 +113,7 @@ class LeadingLoop(Loop):
         until = self._linger_until
         if self.settings.heartbeat:
             until = min(until, self._next_heartbeat)
-        if now >= until or self._wants_connection():
+        if now >= until or self._commands or self._wants_connection():
             return None
         return min(until - now, _PARK_MAX)
 

@@ -68,6 +68,9 @@ class Loop:
         # Held by the I/O thread except while it waits in select(), so that another thread may
         # use the idle connection itself (`run_or_submit`) instead of waking the I/O thread.
         self._io_lock = threading.Lock()
+        # True while a thread in `_turn` is sure to run `_commands` before it next waits: a command
+        # submitted then needs no wake-up through the pipe (two system calls and a turn).
+        self._awake = False
         self._failure: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -91,7 +94,8 @@ class Loop:
         """Run `command` on the I/O thread as soon as it is connected."""
         self._commands.append(command)
         self._busy_until = time.monotonic() + _MEMORY_BUSY_FOR
-        self.wake()
+        if not self._awake:
+            self.wake()
 
     def run_or_submit(self, command: Callable[[], None]) -> None:
         """Run `command` on this thread when the connection is up and idle, else `submit` it.
@@ -111,7 +115,7 @@ class Loop:
             self._failure = exc
         finally:
             self._io_lock.release()
-        if self._commands or self._failure is not None:
+        if self._failure is not None or (self._commands and not self._awake):
             self.wake()
 
     def wake(self) -> None:
@@ -209,6 +213,13 @@ class Loop:
                 logger.debug("close_failed", loop=self.name, error=str(exc))
 
     def _turn(self) -> None:
+        self._awake = True
+        try:
+            self._serve_turn()
+        finally:
+            self._awake = False
+
+    def _serve_turn(self) -> None:
         conn = self.connection
         assert conn is not None
         self._check(conn)
@@ -223,6 +234,7 @@ class Loop:
                 conn.heartbeat_check()
                 self._next_heartbeat = now + self.settings.heartbeat / 4
             wait = min(wait, max(0.0, self._next_heartbeat - now))
+        self._awake = False  # before looking: a command submitted from now on wakes the pipe
         if self._commands:
             wait = 0.0
         sock = _socket_of(conn)
@@ -235,6 +247,7 @@ class Loop:
                 readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
             finally:
                 self._io_lock.acquire()
+                self._awake = True  # the next turn runs what is submitted while this one reads
             self._check(conn)
             if self._wake_r in readable:
                 self._drain_pipe()
