@@ -172,15 +172,16 @@ class Dispatcher:
         finally:
             _reporter.reset(report_token)
             _current.reset(token)
-            log.debug(
-                "handler_ran",
-                service=self.service,
-                handler=handler.name,
-                topic=delivery.topic,
-                correlation_id=delivery.correlation_id,
-                redelivered=delivery.redelivered,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
+            if log.debugging():
+                log.debug(
+                    "handler_ran",
+                    service=self.service,
+                    handler=handler.name,
+                    topic=delivery.topic,
+                    correlation_id=delivery.correlation_id,
+                    redelivered=delivery.redelivered,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                )
 
 
 class _Unanswerable(Exception):

@@ -19,6 +19,16 @@ logger: Any = structlog.get_logger("tchu_rpc")
 _FAILOVER_SPLIT = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
+def debugging() -> bool:
+    """Tell whether debug events are logged, so that a hot path can skip building one."""
+    if not structlog.is_configured():
+        return False
+    bound = logger.bind()
+    if not hasattr(type(bound), "is_enabled_for"):  # not a filtering bound logger: it may log
+        return True
+    return bool(bound.is_enabled_for(logging.DEBUG))
+
+
 def debug(event: str, **fields: Any) -> None:
     """Log a per-message debug event, unless structlog was never configured.
 

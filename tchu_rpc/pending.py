@@ -81,13 +81,14 @@ class Inflight:
         self._recent[message_id] = said
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
-        log.debug(
-            "call_settled" if pending.kind == "call" else "publish_settled",
-            topic=pending.topic,
-            correlation_id=message_id,
-            outcome=said,
-            duration_ms=round((time.perf_counter() - pending.started) * 1000, 3),
-        )
+        if log.debugging():
+            log.debug(
+                "call_settled" if pending.kind == "call" else "publish_settled",
+                topic=pending.topic,
+                correlation_id=message_id,
+                outcome=said,
+                duration_ms=round((time.perf_counter() - pending.started) * 1000, 3),
+            )
         try:
             if isinstance(outcome, BaseException):
                 pending.future.set_exception(outcome)

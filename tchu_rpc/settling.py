@@ -116,6 +116,8 @@ class Settler:
             self.done()
 
     def _settled(self, job: Job, event: str) -> None:
+        if not log.debugging():
+            return
         log.debug(
             event,
             service=self.service,
