@@ -4,9 +4,10 @@ Server: a non-durable queue bound to a topic exchange, prefetch 1, manual ack; e
 on its `reply_to` (default exchange) with its `correlation_id`, then acked; no publisher confirms.
 Client: RabbitMQ direct reply-to, consumed no-ack on the channel that publishes the requests.
 
-With `--confirm` ("floor+conf") it keeps tchu_rpc's guarantees and nothing more: requests are published
-in confirm mode (confirms pipelined, not waited for) and mandatory, and each reply's confirm arrives
-before the request is acked.
+With `--confirm` ("floor+conf") it gives tchu_rpc's guarantees the usual way and adds nothing else:
+requests are published in confirm mode (confirms pipelined, not waited for) and mandatory, and each
+reply's confirm arrives before the request is acked. (tchu_rpc's worker commits the reply and the
+ack as one transaction instead, which needs no round trip between them: benchmarks/RESULTS.md.)
 
     python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#] [--confirm]
 """

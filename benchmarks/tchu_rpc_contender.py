@@ -52,7 +52,7 @@ class TchuRpcContender:
         """Describe the setup in one line for the report."""
         return (
             "tchu_rpc via `python -m tchu_rpc worker --concurrency N` (memory://: N in-process workers); "
-            "durable classic queues; prefetch 1; reply confirmed before the ack; requests mandatory, "
+            "durable classic queues; prefetch 1; reply and ack in one AMQP transaction; requests mandatory, "
             "non-persistent, confirmed; direct reply-to; one shared Client (one I/O thread) for all callers"
         )
 
