@@ -4,9 +4,8 @@ What a delivery needs is a reply, a copy to the dead-letter queue, or a counted 
 queue (a redelivery on a classic queue). On a call channel (transactional, see `publisher`) those
 publishes and the ack are one AMQP transaction: the broker applies all or none. Elsewhere the ack
 waits for every publish's confirm. Either way a worker that dies in between leaves the delivery to
-be redelivered, never lost. The
-`Settler` also counts the deliveries in flight, so that a worker can stop when they are settled.
-Runs on the worker's I/O thread.
+be redelivered, never lost. The `Settler` also counts the deliveries in flight, so that a worker can
+stop when they are settled. Runs on the worker's I/O thread.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
 events), so heartbeats keep flowing while a handler runs; with one call thread, it runs a call's
 handler itself after its reads (`DeferringLoop.defer`: no hand-over, and a standby thread serves the
-connection if the handler runs long). A finished call's reply and the request's ack
-are one AMQP transaction on the delivery's channel (`settling`, `publisher`); if the worker dies
-before the commit, the broker redelivers the request to another worker.
+connection if the handler runs long). A finished call's reply and the request's ack are one AMQP
+transaction on the delivery's channel (`settling`, `publisher`); if the worker dies before the
+commit, the broker redelivers the request to another worker.
 
 A call handler that runs past `handler_time_limit` is answered with `HandlerTimeLimit` and its
 request acked (see `timelimit`); a handler's `report_progress()` sends progress to the caller through
