@@ -54,12 +54,13 @@ DEFAULT_BROKER = "memory://"
 OUT_DIR = Path(__file__).resolve().parent / "out"
 SCENARIOS = ("calls", "events", "payloads", "serializers", "memory")
 IN_PROCESS_CONTENDERS = ("tchu_rpc",)
-AMQP_CONTENDERS = ("floor", "tchu_rpc", "tchu-tchu", "aio-pika")  # the default; floor+conf on request
+AMQP_CONTENDERS = ("floor", "tchu_rpc", "tchu-tchu", "aio-pika")  # the default; floor+conf/+tx on request
 
 # name -> factory(run_id, log_dir, args)
 FACTORIES: dict[str, Callable[[str, Path, argparse.Namespace], Contender]] = {
     "floor": lambda run_id, log_dir, args: FloorContender(run_id, log_dir),
     "floor+conf": lambda run_id, log_dir, args: FloorContender(run_id, log_dir, confirm=True),
+    "floor+tx": lambda run_id, log_dir, args: FloorContender(run_id, log_dir, tx=True),
     "tchu_rpc": lambda run_id, log_dir, args: TchuRpcContender(run_id, log_dir),
     "tchu-tchu": lambda run_id, log_dir, args: TchuTchuContender(
         run_id, log_dir, backend_url=args.tchu_backend, pool=args.tchu_pool, quiet_logs=args.tchu_quiet_logs

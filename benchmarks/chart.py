@@ -15,6 +15,7 @@ from benchmarks.contenders import Cell
 COLOURS = {
     "floor": "#7f7f7f",
     "floor+conf": "#2ca02c",
+    "floor+tx": "#bcbd22",
     "tchu_rpc": "#1f77b4",
     "tchu-tchu": "#d62728",
     "aio-pika": "#9467bd",

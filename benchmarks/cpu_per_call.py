@@ -2,9 +2,9 @@
 
     python -m benchmarks.cpu_per_call [--broker URL] [--calls 3000]
 
-Runs floor, floor+conf and tchu_rpc with one server process at 1 and 8 calls in flight, and reads
-the CPU time (user + system, /proc/PID/stat) of the server process and of the broker (`beam.smp`,
-so on the same machine only) before and after, and this process's own for the callers.
+Runs floor, floor+conf, floor+tx and tchu_rpc with one server process at 1 and 8 calls in flight,
+and reads the CPU time (user + system, /proc/PID/stat) of the server process and of the broker
+(`beam.smp`, so on the same machine only) before and after, and this process's own for the callers.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     contenders: list[Contender] = [
         FloorContender("cpu", logs),
         FloorContender("cpu", logs, confirm=True),
+        FloorContender("cpu", logs, tx=True),
         TchuRpcContender("cpu", logs),
     ]
     for contender in contenders:

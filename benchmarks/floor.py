@@ -6,10 +6,11 @@ Client: RabbitMQ direct reply-to, consumed no-ack on the channel that publishes 
 
 With `--confirm` ("floor+conf") it gives tchu_rpc's guarantees the usual way and adds nothing else:
 requests are published in confirm mode (confirms pipelined, not waited for) and mandatory, and each
-reply's confirm arrives before the request is acked. (tchu_rpc's worker commits the reply and the
-ack as one transaction instead, which needs no round trip between them: benchmarks/RESULTS.md.)
+reply's confirm arrives before the request is acked. With `--tx` ("floor+tx") it gives the same
+guarantees the way tchu_rpc's worker does: requests as with `--confirm`, and each reply, its request's
+ack and a `tx.commit` go out together, one AMQP transaction (benchmarks/RESULTS.md).
 
-    python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#] [--confirm]
+    python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#] [--confirm|--tx]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from amqp import spec
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 
@@ -42,7 +44,9 @@ def topology(queue: str, exchange: str, binding: str = "rpc.#") -> tuple[Exchang
     return ex, Queue(queue, ex, routing_key=binding, durable=False, auto_delete=True)
 
 
-def serve(broker_url: str, queue: str, exchange: str, binding: str, confirm: bool = False) -> int:
+def serve(
+    broker_url: str, queue: str, exchange: str, binding: str, confirm: bool = False, tx: bool = False
+) -> int:
     """Answer echo requests until SIGTERM or SIGINT; print the ready line once consuming."""
     stopping = False
 
@@ -62,6 +66,11 @@ def serve(broker_url: str, queue: str, exchange: str, binding: str, confirm: boo
         if confirm:
             channel.confirm_select()
             channel.events["basic_ack"].add(lambda tag, multiple: _ack_confirmed(unconfirmed, tag, multiple))
+        if tx:
+            channel.tx_select()
+            # The commit-ok is not waited for: with prefetch 1 nothing is sent on the channel before
+            # the next request, which the broker delivers only once it applied the commit.
+            channel._callbacks[spec.Tx.CommitOk] = lambda *args: None
 
         def on_request(message: Message) -> None:
             props = message.properties
@@ -77,6 +86,8 @@ def serve(broker_url: str, queue: str, exchange: str, binding: str, confirm: boo
                 unconfirmed[next(sequence)] = message
             else:
                 message.ack()  # after the reply: a crash in between redelivers, never loses
+            if tx:
+                channel.send_method(spec.Tx.Commit)  # the reply and the ack, together or neither
 
         consumer = Consumer(channel, [q], on_message=on_request, no_ack=False)
         consumer.consume()
@@ -145,9 +156,10 @@ def make_caller(
 class FloorContender:
     """The floor as a contender: `processes` floor servers, one connection per caller thread."""
 
-    def __init__(self, run_id: str, log_dir: Path, confirm: bool = False) -> None:
-        self.name = "floor+conf" if confirm else "floor"
+    def __init__(self, run_id: str, log_dir: Path, confirm: bool = False, tx: bool = False) -> None:
+        self.name = "floor+conf" if confirm else "floor+tx" if tx else "floor"
         self.confirm = confirm
+        self.tx = tx
         self.queue = f"bench.{run_id}.{self.name}"
         self.exchange = f"bench.{run_id}.{self.name}"
         self._servers = ServerGroup(log_dir / self.name)
@@ -158,7 +170,9 @@ class FloorContender:
         confirms = (
             "confirmed requests and replies, ack after the reply's confirm"
             if self.confirm
-            else ("ack after reply; no confirms")
+            else "confirmed requests; reply, ack and tx.commit in one transaction"
+            if self.tx
+            else "ack after reply; no confirms"
         )
         return (
             f"raw kombu; non-durable auto-delete queue on a topic exchange; prefetch 1; {confirms}; "
@@ -168,7 +182,8 @@ class FloorContender:
     def start_servers(self, broker_url: str, processes: int) -> None:
         """Start `processes` floor servers and wait until each consumes."""
         argv = [sys.executable, "-m", "benchmarks.floor", "serve", "--broker", broker_url]
-        argv += ["--queue", self.queue, "--exchange", self.exchange] + (["--confirm"] if self.confirm else [])
+        argv += ["--queue", self.queue, "--exchange", self.exchange]
+        argv += ["--confirm"] if self.confirm else ["--tx"] if self.tx else []
         try:
             for _ in range(processes):
                 self._servers.spawn(argv, cwd=_ROOT)
@@ -185,7 +200,7 @@ class FloorContender:
         """Make `n_calls` echo calls from `in_flight` threads, each with its own connection."""
 
         def factory(index: int) -> tuple[Call, Callable[[], None]]:
-            return make_caller(broker_url, self.exchange, pad, self.confirm)
+            return make_caller(broker_url, self.exchange, pad, self.confirm or self.tx)
 
         return run_threads(factory, n_calls, in_flight, warmup)
 
@@ -199,9 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--queue", required=True)
     srv.add_argument("--exchange", help="topic exchange (default: the queue's name)")
     srv.add_argument("--binding", default="rpc.#")
-    srv.add_argument("--confirm", action="store_true", help="confirm replies before acking requests")
+    mode = srv.add_mutually_exclusive_group()
+    mode.add_argument("--confirm", action="store_true", help="confirm replies before acking requests")
+    mode.add_argument("--tx", action="store_true", help="commit each reply with its ack (a transaction)")
     args = parser.parse_args(argv)
-    return serve(args.broker, args.queue, args.exchange or args.queue, args.binding, args.confirm)
+    return serve(args.broker, args.queue, args.exchange or args.queue, args.binding, args.confirm, args.tx)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def _calls_table(cells: Sequence[Cell]) -> str:
         "| contender | procs | in-flight | calls | p50 ms | p90 ms | p99 ms | max ms | calls/s |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    order = [FLOOR, FLOOR_CONFIRMED, SUBJECT, BASELINE, AIO_PIKA]
+    order = [FLOOR, FLOOR_CONFIRMED, "floor+tx", SUBJECT, BASELINE, AIO_PIKA]
     rank = {name: i for i, name in enumerate(order)}
     for c in sorted(
         cells, key=lambda c: (c.procs, c.in_flight, rank.get(c.contender, len(order)), c.contender)

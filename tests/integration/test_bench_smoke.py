@@ -31,11 +31,12 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_harness_runs_floor_and_tchu_rpc_calls_and_events_on_the_broker(
+def test_harness_runs_the_floors_and_tchu_rpc_calls_and_events_on_the_broker(
     harness: Any, tchu_broker_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given a small plan: 1 server process, 1 and 8 calls in flight, floor and tchu_rpc, a few events
-    argv = ["--broker", tchu_broker_url, "--contenders", "floor,tchu_rpc", "--scenarios", "calls,events"]
+    # Given a small plan: 1 server process, 1 and 8 calls in flight, the floors and tchu_rpc, a few events
+    argv = ["--broker", tchu_broker_url, "--contenders", "floor,floor+conf,floor+tx,tchu_rpc"]
+    argv += ["--scenarios", "calls,events"]
     argv += ["--procs", "1", "--in-flight", "1,8", "--calls", str(CALLS), "--warmup", "10"]
     argv += ["--events", str(EVENTS), "--out", str(tmp_path / "run"), "--no-progress"]
 
@@ -46,7 +47,8 @@ def test_harness_runs_floor_and_tchu_rpc_calls_and_events_on_the_broker(
     assert code == 0
     report = json.loads((tmp_path / "run.json").read_text())
     cells = {(c["contender"], c["procs"], c["in_flight"]): c for c in report["cells"]}
-    assert set(cells) == {(name, 1, n) for name in ("floor", "tchu_rpc") for n in (1, 8)}
+    names = ("floor", "floor+conf", "floor+tx", "tchu_rpc")
+    assert set(cells) == {(name, 1, n) for name in names for n in (1, 8)}
     for cell in cells.values():
         assert cell["calls"] == CALLS
         assert cell["calls_per_s"] > 0
