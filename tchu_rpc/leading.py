@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tchu_rpc.log import logger
-from tchu_rpc.loop import Loop, _socket_of
+from tchu_rpc.loop import Loop
 
 #: After a caller led the connection (see `lead`), the I/O thread stays off the socket this
 #: long, so that back-to-back calls of one thread do not wake it for every reply.
@@ -49,7 +49,7 @@ class LeadingLoop(Loop):
         if (
             conn is None
             or self._leader is not None
-            or _socket_of(conn) is None
+            or self.socket is None
             # Held for a moment while the I/O thread reads (a confirm, say), else held by no one.
             or not self._io_lock.acquire(timeout=_LEAD_WAIT)
         ):

@@ -59,6 +59,10 @@ class Loop:
         self.name = name
         self.settings = settings
         self.connection: Connection | None = None
+        # py-amqp's connection under `connection`, and its socket (None on a virtual transport):
+        # kept per connection, since each access through kombu verifies the connection again.
+        self._amqp: Any = None
+        self.socket: Any = None
         self.generation = 0
         self._on_connect = on_connect
         self._on_lost = on_lost
@@ -178,6 +182,8 @@ class Loop:
     def _connect(self) -> bool:
         try:
             self.connection = open_connection(self.settings)
+            self._amqp = self.connection.connection
+            self.socket = getattr(self._amqp, "sock", None)
             self.generation += 1
             self._next_heartbeat = 0.0
             logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
@@ -191,6 +197,7 @@ class Loop:
         self.last_error = exc
         self._failure = None
         conn, self.connection = self.connection, None
+        self._amqp = self.socket = None
         if conn is not None:
             try:
                 conn.collect()
@@ -206,6 +213,7 @@ class Loop:
 
     def _close(self) -> None:
         conn, self.connection = self.connection, None
+        self._amqp = self.socket = None
         if conn is not None:
             try:
                 conn.release()
@@ -237,7 +245,7 @@ class Loop:
         self._awake = False  # before looking: a command submitted from now on wakes the pipe
         if self._commands:
             wait = 0.0
-        sock = _socket_of(conn)
+        sock = self.socket
         if sock is None:
             self._poll_virtual(conn, wait)
             return
@@ -253,7 +261,7 @@ class Loop:
                 self._drain_pipe()
             if sock not in readable or self._yields_socket():
                 return
-        self._drain(conn, sock)
+        self._drain(sock)
 
     # -- hooks of the subclasses (`leading`, `deferring`) -------------------------------------
     def _park(self) -> bool:
@@ -287,12 +295,12 @@ class Loop:
         if not conn.connected:
             raise ConnectionLost("the connection closed")
 
-    def _drain(self, conn: Connection, sock: Any) -> None:
+    def _drain(self, sock: Any) -> None:
         # py-amqp buffers nothing beyond the message it reads (except TLS), so a zero-timeout
         # select tells whether more is waiting, cheaper than a read that times out.
         for _ in range(_DRAIN_BATCH):
             try:
-                conn.drain_events(timeout=0)
+                self._amqp.drain_events(timeout=0)
             except TimeoutError:
                 return
             if not _has_buffered(sock) and not select.select([sock], [], [], 0)[0]:
@@ -328,11 +336,6 @@ class Loop:
             wait = deadline - now if next_due is None else min(deadline, next_due) - now
             select.select([self._wake_r], [], [], max(0.0, wait))
             self._drain_pipe()
-
-
-def _socket_of(conn: Connection) -> Any:
-    raw = conn.connection
-    return getattr(raw, "sock", None) if raw is not None else None
 
 
 def _has_buffered(sock: Any) -> bool:
