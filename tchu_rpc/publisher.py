@@ -44,9 +44,10 @@ class Publisher:
         self, conn: Connection, channel: Any, on_return: OnReturn, transactional: bool = False
     ) -> None:
         self.channel = channel
-        self.producer = Producer(channel, auto_declare=False)
         amqp_conn = is_amqp(conn)
-        self.confirming = amqp_conn and not transactional
+        # Only a virtual transport publishes through kombu (no confirms, no transactions there).
+        self._virtual = None if amqp_conn else Producer(channel, auto_declare=False)
+        self._confirming = amqp_conn and not transactional
         self.transactional = amqp_conn and transactional
         self._seq = 0
         self._waiting: dict[int, OnConfirm] = {}
@@ -57,7 +58,7 @@ class Publisher:
         self._writing = False
         if amqp_conn:
             channel.events["basic_return"].add(self._returned)
-        if self.confirming:
+        if self._confirming:
             channel.confirm_select()
             channel.events["basic_ack"].add(self._acked)
             channel.events["basic_nack"].add(self._nacked)
@@ -80,14 +81,13 @@ class Publisher:
         `properties` are kombu's `Producer.publish` arguments: `mandatory`, `headers`,
         `expiration` (seconds) and the AMQP message properties.
         """
+        if self._virtual is not None:
+            self._virtual.publish(body, exchange=exchange, routing_key=routing_key, **properties)
+            _confirm(on_confirm)
+            return
         if self.transactional and not self._writing:
             send = {"body": body, "exchange": exchange, "routing_key": routing_key, **properties}
             self.transact(partial(self.publish, **send), partial(_confirm, on_confirm))
-            return
-        if not self.confirming and not self.transactional:
-            self.producer.publish(body, exchange=exchange, routing_key=routing_key, **properties)
-            if on_confirm is not None:
-                on_confirm(True)
             return
         mandatory = properties.pop("mandatory", False)
         expiration = properties.pop("expiration", None)
@@ -96,7 +96,7 @@ class Publisher:
         headers = properties.pop("headers", None)
         message = amqp.Message(body, application_headers=headers, **properties)
         self.channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
-        if self.confirming:
+        if self._confirming:
             self._seq += 1
             if on_confirm is not None:
                 self._waiting[self._seq] = on_confirm

@@ -35,7 +35,7 @@ class Job:
 
 
 class Settler:
-    """Publish for deliveries, ack them on their confirms, and count those in flight."""
+    """Publish for deliveries, ack them with their commit or on their confirms; count those in flight."""
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -43,7 +43,7 @@ class Settler:
         self.inflight = 0
         #: Notified when nothing is in flight any more (and by the worker when it stops consuming).
         self.idle = threading.Condition()
-        self._confirming: set[Job] = set()
+        self._awaiting: set[Job] = set()  # sent, waiting for the broker's commit-ok or confirms
 
     def received(self) -> None:
         """Count one more delivery in flight."""
@@ -63,7 +63,7 @@ class Settler:
                     publisher.publish(**send)
                 job.message.ack()
 
-            self._confirming.add(job)
+            self._awaiting.add(job)
             publisher.transact(writes, partial(self._committed, job))
             return
         if not sends:
@@ -74,10 +74,10 @@ class Settler:
         def confirmed(ok: bool) -> None:
             results.append(ok)
             if len(results) == len(sends):
-                self._confirming.discard(job)
+                self._awaiting.discard(job)
                 self.ack(job, all(results))
 
-        self._confirming.add(job)
+        self._awaiting.add(job)
         for send in sends:
             publisher.publish(on_confirm=confirmed, **send)
 
@@ -108,7 +108,7 @@ class Settler:
             self.done()
 
     def _committed(self, job: Job) -> None:
-        self._confirming.discard(job)
+        self._awaiting.discard(job)
         try:
             self._settled(job, "message_acked")
         finally:
@@ -142,8 +142,8 @@ class Settler:
         )
 
     def lost(self) -> None:
-        """Forget the connection's publishers and the deliveries awaiting their confirms."""
+        """Forget the connection's publishers and the deliveries awaiting the broker."""
         self.publishers.clear()
-        for _job in list(self._confirming):
-            self.done()  # its confirm can no longer come; the broker redelivers the message
-        self._confirming.clear()
+        for _job in list(self._awaiting):
+            self.done()  # its commit-ok or confirm can no longer come; the broker redelivers it
+        self._awaiting.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,58 +38,65 @@ def _returned(*args: Any) -> None:
     raise AssertionError(f"unexpected basic.return: {args}")
 
 
+@pytest.fixture
+def tx_publisher(tchu_broker_url: str) -> Iterator[Publisher]:
+    """Yield a transactional publisher on a channel of its own connection."""
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        conn.connect()
+        yield Publisher(conn, conn.channel(), on_return=_returned, transactional=True)
+
+
+def _drain_until(publisher: Publisher, done: Callable[[], bool]) -> None:
+    """Read the publisher's connection until `done()`, for WAIT seconds at most."""
+    deadline = time.monotonic() + WAIT
+    while not done() and time.monotonic() < deadline:
+        try:
+            publisher.channel.connection.drain_events(timeout=0.5)
+        except TimeoutError:
+            continue
+
+
 def test_transactions_behind_a_commit_wait_for_it_then_commit_together(
-    tchu_broker_url: str, durable_queue: str
+    tx_publisher: Publisher, durable_queue: str
 ) -> None:
     # Given a transactional publisher whose first commit holds a persistent message to a durable
     # queue (the broker completes that commit only once the queue has it on disk)
-    with Connection(tchu_broker_url, connect_timeout=5) as conn:
-        conn.connect()
-        channel = conn.channel()
-        publisher = Publisher(conn, channel, on_return=_returned, transactional=True)
-        committed: list[str] = []
+    publisher, channel = tx_publisher, tx_publisher.channel
+    committed: list[str] = []
 
-        def group(name: str) -> None:
-            publisher.transact(
-                lambda: publisher.publish(
-                    name.encode(), exchange="", routing_key=durable_queue, delivery_mode=2, mandatory=True
-                ),
-                lambda: committed.append(name),
-            )
+    def group(name: str) -> None:
+        publisher.transact(
+            lambda: publisher.publish(
+                name.encode(), exchange="", routing_key=durable_queue, delivery_mode=2, mandatory=True
+            ),
+            lambda: committed.append(name),
+        )
 
-        # When three transactions are made at once
-        for name in ("a", "b", "c"):
-            group(name)
-        assert committed == [], "nothing is committed before the broker says so"
-        deadline = time.monotonic() + WAIT
-        while len(committed) < 3 and time.monotonic() < deadline:
-            conn.drain_events(timeout=1)
+    # When three transactions are made at once
+    for name in ("a", "b", "c"):
+        group(name)
+    assert committed == [], "nothing is committed before the broker says so"
+    _drain_until(publisher, lambda: len(committed) == 3)
 
-        # Then all three are committed in order, on a channel that is still open
-        assert committed == ["a", "b", "c"]
-        assert channel.is_open
-        bodies = []
-        while (message := channel.basic_get(durable_queue, no_ack=True)) is not None:
-            bodies.append(message.body)
-        assert bodies == [b"a", b"b", b"c"]
+    # Then all three are committed in order, on a channel that is still open
+    assert committed == ["a", "b", "c"]
+    assert channel.is_open
+    bodies = []
+    while (message := channel.basic_get(durable_queue, no_ack=True)) is not None:
+        bodies.append(message.body)
+    assert bodies == [b"a", b"b", b"c"]
 
 
 def test_publish_on_a_transactional_channel_is_committed_by_itself(
-    tchu_broker_url: str, durable_queue: str
+    tx_publisher: Publisher, durable_queue: str
 ) -> None:
-    with Connection(tchu_broker_url, connect_timeout=5) as conn:
-        conn.connect()
-        channel = conn.channel()
-        publisher = Publisher(conn, channel, on_return=_returned, transactional=True)
-        confirmed: list[bool] = []
+    confirmed: list[bool] = []
 
-        publisher.publish(b"x", exchange="", routing_key=durable_queue, on_confirm=confirmed.append)
-        deadline = time.monotonic() + WAIT
-        while not confirmed and time.monotonic() < deadline:
-            conn.drain_events(timeout=1)
+    tx_publisher.publish(b"x", exchange="", routing_key=durable_queue, on_confirm=confirmed.append)
+    _drain_until(tx_publisher, lambda: bool(confirmed))
 
-        assert confirmed == [True]
-        assert channel.basic_get(durable_queue, no_ack=True).body == b"x"
+    assert confirmed == [True]
+    assert tx_publisher.channel.basic_get(durable_queue, no_ack=True).body == b"x"
 
 
 def test_publisher_on_memory_transport_settles_at_once() -> None:
