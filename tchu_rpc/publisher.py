@@ -95,7 +95,10 @@ class Publisher:
             properties["expiration"] = str(int(expiration * 1000))
         headers = properties.pop("headers", None)
         message = amqp.Message(body, application_headers=headers, **properties)
-        self.channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+        # Not `basic_publish`: it first tries a zero-timeout read for a `connection.blocked` (two
+        # socket timeout switches and a failed `recv` per message), which the loop reads anyway.
+        args = (0, exchange, routing_key, mandatory, False)  # ticket, ..., immediate
+        self.channel.send_method(spec.Basic.Publish, "Bssbb", args, message)
         if self._confirming:
             self._seq += 1
             if on_confirm is not None:
