@@ -9,13 +9,14 @@ stays in the transport's read buffer (`_read_buffer`), where py-amqp's own reads
 callback that waits for an answer (`basic.cancel` waiting for its cancel-ok) reads through py-amqp
 while frames of this read are still undispatched, so the rest is put there before each frame is.
 
-Plain TCP only: a TLS socket decrypts in records and takes no `recv` flags (the loop reads it
-through py-amqp).
+Plain TCP only (`can_read`): a TLS socket decrypts in records and takes no `recv` flags, and
+Windows has no `MSG_DONTWAIT`; the loop reads those through py-amqp.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from typing import Any
 
@@ -26,6 +27,12 @@ from tchu_rpc.errors import ConnectionLost
 _READ_SIZE = 64 * 1024
 _HEADER = struct.Struct(">BHI")  # frame type, channel, payload size
 _FRAME_END = 0xCE
+_DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
+
+
+def can_read(sock: Any) -> bool:
+    """Tell whether `read_frames` can read `sock` (plain TCP where `recv` takes MSG_DONTWAIT)."""
+    return _DONTWAIT is not None and not isinstance(sock, ssl.SSLSocket)
 
 
 def read_frames(conn: Any, sock: socket.socket) -> bool:
@@ -35,7 +42,7 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
     when the broker closed the connection or sent a malformed frame.
     """
     try:
-        data = sock.recv(_READ_SIZE, socket.MSG_DONTWAIT)
+        data = sock.recv(_READ_SIZE, _DONTWAIT or 0)
     except BlockingIOError:
         return False
     if not data:

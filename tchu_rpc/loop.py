@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import select
-import ssl
 import threading
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from kombu import Connection
 from tchu_rpc.config import Settings
 from tchu_rpc.connection import open_connection
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.frames import read_frames
+from tchu_rpc.frames import can_read, read_frames
 from tchu_rpc.log import logger, mask_url
 
 _DRAIN_BATCH = 256
@@ -298,12 +297,12 @@ class Loop:
             raise ConnectionLost("the connection closed")
 
     def _drain(self, sock: Any) -> None:
-        if not isinstance(sock, ssl.SSLSocket):
+        if can_read(sock):
             read_frames(self._amqp, sock)  # one `recv` for all that is waiting (`frames`)
             return
-        # Through py-amqp, which reads TLS records as it needs them and buffers nothing beyond the
-        # message it reads but what the TLS socket has decrypted (`pending`): a zero-timeout select
-        # then tells whether more is waiting, cheaper than a read that times out.
+        # Through py-amqp, which buffers nothing beyond the message it reads but what a TLS socket
+        # has decrypted (`pending`): a zero-timeout select then tells whether more is waiting,
+        # cheaper than a read that times out.
         for _ in range(_DRAIN_BATCH):
             try:
                 self._amqp.drain_events(timeout=0)

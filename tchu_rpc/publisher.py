@@ -9,8 +9,9 @@ separates the reply from the ack. RabbitMQ refuses any method on a channel whose
 completing, so while one commit awaits its `commit-ok` later groups wait, then go out together with
 one commit. On a kombu virtual transport (`memory://`) there are neither and a publish counts as done.
 
-On AMQP, messages go to py-amqp's `basic_publish` directly: kombu's `Producer.publish` wraps each
-message once more, which cost about 15 us of CPU per message here (benchmarks/RESULTS.md).
+On AMQP, messages go out as py-amqp `basic.publish` methods sent directly: kombu's
+`Producer.publish` wraps each message once more (about 15 us of CPU per message here), and py-amqp's
+own `basic_publish` first tries a zero-timeout read (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,7 @@ from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.frames import read_frames
+from tchu_rpc.frames import can_read, read_frames
 
 Frame = tuple[int, int, bytes]
 
@@ -148,3 +149,11 @@ def test_py_amqp_assembles_a_delivery_split_anywhere(pair: Any, cut: int) -> Non
     assert delivered[0].body == b'{"n": 1}'
     assert delivered[0].properties["correlation_id"] == "c1"
     assert connection.bytes_recv == 3
+
+
+def test_plain_tcp_is_read_directly_and_tls_through_py_amqp(pair: Any) -> None:
+    _, client = pair
+    assert can_read(client)
+    context = ssl.create_default_context()
+    with socket.socket() as raw, context.wrap_socket(raw, server_hostname="rabbit") as tls:
+        assert not can_read(tls)
