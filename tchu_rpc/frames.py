@@ -1,4 +1,4 @@
-"""Read what the broker sent with one system call and hand py-amqp its whole frames.
+"""AMQP frames on the hot path: read them with one system call, write the usual ones ourselves.
 
 py-amqp reads each frame with two or more `recv` calls (the header, then the payload and frame
 end) and switches the socket's timeout before and after each frame (`having_timeout`: a context
@@ -9,8 +9,14 @@ stays in the transport's read buffer (`_read_buffer`), where py-amqp's own reads
 callback that waits for an answer (`basic.cancel` waiting for its cancel-ok) reads through py-amqp
 while frames of this read are still undispatched, so the rest is put there before each frame is.
 
-Plain TCP only (`can_read`): a TLS socket decrypts in records and takes no `recv` flags, and
-Windows has no `MSG_DONTWAIT`; the loop reads those through py-amqp.
+Writing: `publish_frames`, `ack_frame` and `commit_frame` encode a `basic.publish` with its
+content, a `basic.ack` and a `tx.commit` directly; py-amqp builds a `Message`, serializes its
+arguments and properties through generic format strings and writes through a shared buffer under a
+lock, several times the work for these fixed layouts. AMQP tables (headers) still go through
+py-amqp's encoder.
+
+Reading directly is for plain TCP only (`can_read`): a TLS socket decrypts in records and takes no
+`recv` flags, and Windows has no `MSG_DONTWAIT`; the loop reads those through py-amqp.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import socket
 import ssl
 import struct
 from typing import Any
+
+from amqp.serialization import dumps
 
 from tchu_rpc.errors import ConnectionLost
 
@@ -62,3 +70,86 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
         buffer = transport._read_buffer  # a callback may have read on through py-amqp
     transport._read_buffer = buffer
     return True
+
+
+#: The basic class's properties in the order of their flag bits (bit 15 first), with their types:
+#: short string, octet, table, 64-bit timestamp (AMQP 0-9-1, basic class).
+_PROPERTIES = (
+    ("content_type", "s"),
+    ("content_encoding", "s"),
+    ("application_headers", "F"),
+    ("delivery_mode", "o"),
+    ("priority", "o"),
+    ("correlation_id", "s"),
+    ("reply_to", "s"),
+    ("expiration", "s"),
+    ("message_id", "s"),
+    ("timestamp", "L"),
+    ("type", "s"),
+    ("user_id", "s"),
+    ("app_id", "s"),
+    ("cluster_id", "s"),
+)
+_PUBLISH = struct.pack(">HHH", 60, 40, 0)  # basic.publish, ticket 0
+_CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_ACK = struct.Struct(">BHIHHQBB")  # a whole basic.ack frame
+_MAX_SHORTSTR = 255
+
+
+def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
+    return _HEADER.pack(frame_type, channel, len(payload)) + payload + b"\xce"
+
+
+def _shortstr(value: str) -> bytes:
+    data = value.encode("utf-8", "surrogatepass")
+    if len(data) > _MAX_SHORTSTR:
+        raise ValueError(f"AMQP short string over 255 bytes: {value[:40]!r}...")
+    return bytes((len(data),)) + data
+
+
+def _property(kind: str, value: Any) -> bytes:
+    if kind == "s":
+        return _shortstr(value)
+    if kind == "o":
+        return bytes((value,))
+    if kind == "L":
+        return struct.pack(">Q", value)
+    table: bytes = dumps("F", (value,))  # py-amqp's table encoding, every field type it knows
+    return table
+
+
+def publish_frames(
+    channel: int,
+    frame_max: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    body: bytes,
+    properties: dict[str, Any],
+) -> bytes:
+    """Return the frames of a `basic.publish` of `body` with AMQP `properties` (py-amqp's names)."""
+    method = _PUBLISH + _shortstr(exchange) + _shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")
+    flags = 0
+    values = []
+    bit = 1 << 15
+    for name, kind in _PROPERTIES:
+        value = properties.get(name)
+        if value is not None:
+            flags |= bit
+            values.append(_property(kind, value))
+        bit >>= 1
+    header = _CONTENT_HEADER.pack(60, 0, len(body), flags) + b"".join(values)
+    frames = [_frame(1, channel, method), _frame(2, channel, header)]
+    size = frame_max - 8
+    frames += [_frame(3, channel, body[i : i + size]) for i in range(0, len(body), size)]
+    return b"".join(frames)
+
+
+def ack_frame(channel: int, delivery_tag: int) -> bytes:
+    """Return the frame of a `basic.ack` of one delivery."""
+    return _ACK.pack(1, channel, 13, 60, 80, delivery_tag, 0, 0xCE)
+
+
+def commit_frame(channel: int) -> bytes:
+    """Return the frame of a `tx.commit`."""
+    return _frame(1, channel, struct.pack(">HH", 90, 20))

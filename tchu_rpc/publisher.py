@@ -9,9 +9,10 @@ separates the reply from the ack. RabbitMQ refuses any method on a channel whose
 completing, so while one commit awaits its `commit-ok` later groups wait, then go out together with
 one commit. On a kombu virtual transport (`memory://`) there are neither and a publish counts as done.
 
-On AMQP, messages go out as py-amqp `basic.publish` methods sent directly: kombu's
-`Producer.publish` wraps each message once more (about 15 us of CPU per message here), and py-amqp's
-own `basic_publish` first tries a zero-timeout read (benchmarks/RESULTS.md).
+On AMQP, publishes, acks and commits are encoded here (`frames`) and written on py-amqp's transport:
+kombu's `Producer.publish` wraps each message once more, py-amqp's `basic_publish` first tries a
+zero-timeout read, and py-amqp's generic frame writer does several times the work for these fixed
+layouts (benchmarks/RESULTS.md). py-amqp still reads, dispatches and does everything else.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from amqp import spec
 from kombu import Connection, Producer
 
 from tchu_rpc.connection import is_amqp
+from tchu_rpc.frames import ack_frame, commit_frame, publish_frames
 
 OnConfirm = Callable[[bool], None]
 #: Called with (routing key, exchange, reply text, AMQP properties) for a returned mandatory message.
@@ -94,12 +96,13 @@ class Publisher:
         expiration = properties.pop("expiration", None)
         if expiration is not None:
             properties["expiration"] = str(int(expiration * 1000))
-        headers = properties.pop("headers", None)
-        message = amqp.Message(body, application_headers=headers, **properties)
-        # Not `basic_publish`: it first tries a zero-timeout read for a `connection.blocked` (two
-        # socket timeout switches and a failed `recv` per message), which the loop reads anyway.
-        args = (0, exchange, routing_key, mandatory, False)  # ticket, ..., immediate
-        self.channel.send_method(spec.Basic.Publish, "Bssbb", args, message)
+        properties["application_headers"] = properties.pop("headers", None)
+        channel = self.channel
+        frame_max = channel.connection.frame_max
+        _send(
+            channel,
+            publish_frames(channel.channel_id, frame_max, exchange, routing_key, mandatory, body, properties),
+        )
         if self._confirming:
             self._seq += 1
             if on_confirm is not None:
@@ -126,7 +129,7 @@ class Publisher:
             with _one_write(self.channel.connection.transport):
                 for writes, _ in groups:
                     writes()
-                self.channel.send_method(spec.Tx.Commit)
+                _send(self.channel, commit_frame(self.channel.channel_id))
         finally:
             self._writing = False
         self._committing = [on_committed for _, on_committed in groups]
@@ -167,6 +170,22 @@ class Publisher:
 
     def _returned(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         self._on_return(routing_key, exchange, str(getattr(exc, "reply_text", exc)), message.properties)
+
+
+def ack(message: Any) -> None:
+    """Ack a kombu delivery on the channel it came on (one frame written directly on AMQP)."""
+    channel = message.channel
+    if isinstance(channel, amqp.Channel):
+        _send(channel, ack_frame(channel.channel_id, message.delivery_tag))
+    else:
+        message.ack()
+
+
+def _send(channel: Any, frames: bytes) -> None:
+    """Write encoded frames on `channel`'s connection, as py-amqp's own writes do (`frames`)."""
+    connection = channel.connection
+    connection.transport.write(frames)
+    connection.bytes_sent += 1  # for py-amqp's heartbeats: the connection is not idle
 
 
 def _confirm(on_confirm: OnConfirm | None) -> None:

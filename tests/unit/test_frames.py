@@ -16,7 +16,7 @@ from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.frames import can_read, read_frames
+from tchu_rpc.frames import ack_frame, can_read, commit_frame, publish_frames, read_frames
 
 Frame = tuple[int, int, bytes]
 
@@ -157,3 +157,77 @@ def test_plain_tcp_is_read_directly_and_tls_through_py_amqp(pair: Any) -> None:
     context = ssl.create_default_context()
     with socket.socket() as raw, context.wrap_socket(raw, server_hostname="rabbit") as tls:
         assert not can_read(tls)
+
+
+def py_amqp_frames(method: tuple[int, int], fmt: str, args: tuple[Any, ...], content: Any = None) -> bytes:
+    """Encode a method (and its content) the way py-amqp's own writer does."""
+    written: list[bytes] = []
+    writer = frame_writer(
+        SimpleNamespace(frame_max=4096, bytes_sent=0), SimpleNamespace(write=written.append)
+    )
+    writer(1, 3, method, dumps(fmt, args) if fmt else b"", content)
+    return b"".join(bytes(chunk) for chunk in written)
+
+
+@pytest.mark.parametrize(
+    ("body", "properties"),
+    [
+        # a reply
+        (
+            b'{"result": 1}',
+            {"delivery_mode": 1, "correlation_id": "c" * 32, "content_type": "application/json"},
+        ),
+        # a request: headers (int and float), expiration, every string property
+        (
+            b'{"n": 1}',
+            {
+                "application_headers": {"tchu-version": 1, "tchu-deadline": 1764412345.25},
+                "delivery_mode": 1,
+                "expiration": "29999",
+                "reply_to": "amq.rabbitmq.reply-to.g1h2AA5yZXBseUA0",
+                "correlation_id": "a" * 32,
+                "message_id": "a" * 32,
+                "content_type": "application/x-msgpack",
+                "content_encoding": "binary",
+            },
+        ),
+        # everything else the basic class has, non-ASCII text, an empty body
+        (
+            b"",
+            {
+                "priority": 5,
+                "timestamp": 1764412345,
+                "type": "t\u00e9",
+                "user_id": "guest",
+                "app_id": "app",
+                "cluster_id": "c",
+                "application_headers": {"x-death": [{"count": 2, "reason": "rejected"}], "b": True},
+            },
+        ),
+        # a body over frame_max: several body frames
+        (bytes(range(256)) * 40, {"delivery_mode": 2}),
+        # no properties at all
+        (b"x", {}),
+    ],
+)
+@pytest.mark.parametrize("mandatory", [True, False])
+def test_publish_frames_are_the_bytes_py_amqp_writes(
+    body: bytes, properties: dict[str, Any], mandatory: bool
+) -> None:
+    expected = py_amqp_frames(
+        spec.Basic.Publish,
+        "Bssbb",
+        (0, "tchu_rpc", "rpc.users.get", mandatory, False),
+        amqp.Message(body, **properties),
+    )
+    assert publish_frames(3, 4096, "tchu_rpc", "rpc.users.get", mandatory, body, properties) == expected
+
+
+def test_ack_and_commit_frames_are_the_bytes_py_amqp_writes() -> None:
+    assert ack_frame(3, 2**40 + 7) == py_amqp_frames(spec.Basic.Ack, "Lb", (2**40 + 7, False))
+    assert commit_frame(3) == py_amqp_frames(spec.Tx.Commit, "", ())
+
+
+def test_a_short_string_over_255_bytes_is_refused() -> None:
+    with pytest.raises(ValueError, match="over 255 bytes"):
+        publish_frames(1, 4096, "", "q", False, b"", {"correlation_id": "\u00e9" * 128})
