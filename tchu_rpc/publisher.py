@@ -12,7 +12,7 @@ one commit. On a kombu virtual transport (`memory://`) there are neither and a p
 On AMQP, publishes, acks and commits are encoded here (`frames`) and written on py-amqp's transport:
 kombu's `Producer.publish` wraps each message once more, py-amqp's `basic_publish` first tries a
 zero-timeout read, and py-amqp's generic frame writer does several times the work for these fixed
-layouts (benchmarks/RESULTS.md). py-amqp still reads, dispatches and does everything else.
+layouts (benchmarks/RESULTS.md). py-amqp still parses and dispatches what arrives.
 """
 
 from __future__ import annotations
