@@ -44,6 +44,12 @@ from tchu_rpc.settling import Job, Settler
 from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
+def _raw_body(message: Any) -> None:
+    """Give `message` back the bytes that came: py-amqp decodes bodies that name a content encoding."""
+    if isinstance(message.body, str):
+        message.body = message.body.encode(_text_encoding(message.content_encoding))
+
+
 def _text_encoding(name: str | None) -> str:
     try:
         return codecs.lookup(name or "utf-8").name
@@ -217,8 +223,7 @@ class Worker:
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._settler.received()
-        if isinstance(message.body, str):  # py-amqp decodes bodies that name a content encoding
-            message.body = message.body.encode(_text_encoding(message.content_encoding))
+        _raw_body(message)
         job = Job(kind, generation, message)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
@@ -244,6 +249,7 @@ class Worker:
     def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
         """kombu could not even unpack the message (for example a bad `compression` header)."""
         self._settler.received()
+        _raw_body(message)
         reason = f"{type(exc).__name__}: {exc}"
         self._finish(
             Job(kind, generation, message), self._dispatcher.refuse(kind, message, "DecodeError", reason)

@@ -172,6 +172,12 @@ POISON = {
     # not compressed raises from the consumer callback, out of drain_events.
     "compression_unknown": ({"application_headers": {"compression": "no-such-codec"}}, b'{"n": 1}'),
     "compression_bad_body": ({"application_headers": {"compression": "application/x-gzip"}}, b'{"n": 1}'),
+    # ... with a content_encoding too: the body reaches the worker as a str, which it must copy as
+    # the bytes that came (py-amqp encoded a str body itself; tchu_rpc writes its frames).
+    "compression_unknown_text_body": (
+        {"application_headers": {"compression": "no-such-codec"}, "content_encoding": "utf-8"},
+        b'{"n": 1}',
+    ),
     # py-amqp decodes short-string properties as UTF-8 while it reads the frame.
     "content_type_not_utf8": ({"content_type": b"application/\xff\xfe"}, b'{"n": 1}'),
     "correlation_id_not_utf8": ({"correlation_id": b"fz\xff\xfe"}, b'{"n": 1}'),
