@@ -29,6 +29,7 @@ from typing import Any
 from amqp.serialization import dumps
 
 from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.properties import FIELDS, MAX_SHORTSTR
 
 #: At most this much per read: a 1 MB message takes several turns of the loop, and a read of many
 #: small frames copies what follows each frame once (see `read_frames`).
@@ -72,28 +73,9 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
     return True
 
 
-#: The basic class's properties in the order of their flag bits (bit 15 first), with their types:
-#: short string, octet, table, 64-bit timestamp (AMQP 0-9-1, basic class).
-_PROPERTIES = (
-    ("content_type", "s"),
-    ("content_encoding", "s"),
-    ("application_headers", "F"),
-    ("delivery_mode", "o"),
-    ("priority", "o"),
-    ("correlation_id", "s"),
-    ("reply_to", "s"),
-    ("expiration", "s"),
-    ("message_id", "s"),
-    ("timestamp", "L"),
-    ("type", "s"),
-    ("user_id", "s"),
-    ("app_id", "s"),
-    ("cluster_id", "s"),
-)
 _PUBLISH = struct.pack(">HHH", 60, 40, 0)  # basic.publish, ticket 0
 _CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
 _ACK = struct.Struct(">BHIHHQBB")  # a whole basic.ack frame
-_MAX_SHORTSTR = 255
 
 
 def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
@@ -102,7 +84,7 @@ def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
 
 def _shortstr(value: str) -> bytes:
     data = value.encode("utf-8", "surrogatepass")
-    if len(data) > _MAX_SHORTSTR:
+    if len(data) > MAX_SHORTSTR:
         raise ValueError(f"AMQP short string over 255 bytes: {value[:40]!r}...")
     return bytes((len(data),)) + data
 
@@ -110,9 +92,9 @@ def _shortstr(value: str) -> bytes:
 def _property(kind: str, value: Any) -> bytes:
     if kind == "s":
         return _shortstr(value)
-    if kind == "o":
+    if kind == "B":
         return bytes((value,))
-    if kind == "L":
+    if kind == "Q":
         return struct.pack(">Q", value)
     table: bytes = dumps("F", (value,))  # py-amqp's table encoding, every field type it knows
     return table
@@ -131,13 +113,11 @@ def publish_frames(
     method = _PUBLISH + _shortstr(exchange) + _shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")
     flags = 0
     values = []
-    bit = 1 << 15
-    for name, kind in _PROPERTIES:
+    for flag, name, kind in FIELDS:
         value = properties.get(name)
         if value is not None:
-            flags |= bit
+            flags |= flag
             values.append(_property(kind, value))
-        bit >>= 1
     header = _CONTENT_HEADER.pack(60, 0, len(body), flags) + b"".join(values)
     frames = [_frame(1, channel, method), _frame(2, channel, header)]
     size = frame_max - 8

@@ -23,10 +23,12 @@ from amqp.spec import Basic
 
 #: Header set (alone) when a message's header table could not be decoded.
 MALFORMED: Final = "x-tchu-malformed"
+#: The longest AMQP short string, in bytes.
+MAX_SHORTSTR: Final = 255
 
-# AMQP 0-9-1 basic properties in flag order: (flag, name, kind); s = short string, B = octet,
-# Q = 64-bit timestamp, F = field table.
-_FIELDS: Final = (
+#: AMQP 0-9-1 basic properties in flag order: (flag, name, kind); s = short string, B = octet,
+#: Q = 64-bit timestamp, F = field table. Also what `frames` encodes.
+FIELDS: Final = (
     (0x8000, "content_type", "s"),
     (0x4000, "content_encoding", "s"),
     (0x2000, "application_headers", "F"),
@@ -63,7 +65,7 @@ def _tolerant(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
     reasons = []
     (flags,) = unpack_from(">H", buf, offset)
     offset += 2
-    for flag, name, kind in _FIELDS:
+    for flag, name, kind in FIELDS:
         if not flags & flag:
             continue
         if kind == "s":
@@ -88,9 +90,17 @@ def _tolerant(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
 
 
 def printable(value: Any) -> Any:
-    """Return `value` with undecodable bytes spelled as `\\xNN`, so that it can be sent and logged."""
+    """Return `value` with undecodable bytes spelled as `\\xNN`, so that it can be sent and logged.
+
+    Spelled out, a property may no longer fit an AMQP short string (255 bytes): it is cut to fit,
+    ending in `...`, so that a copy of the message can still be published.
+    """
     if isinstance(value, str) and _escaped(value):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        spelled = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        data = spelled.encode("utf-8")
+        if len(data) > MAX_SHORTSTR:
+            spelled = data[: MAX_SHORTSTR - 3].decode("utf-8", "ignore") + "..."
+        return spelled
     return value
 
 

@@ -181,6 +181,8 @@ POISON = {
     # py-amqp decodes short-string properties as UTF-8 while it reads the frame.
     "content_type_not_utf8": ({"content_type": b"application/\xff\xfe"}, b'{"n": 1}'),
     "correlation_id_not_utf8": ({"correlation_id": b"fz\xff\xfe"}, b'{"n": 1}'),
+    # spelled \xNN, 200 such bytes would no longer fit a short string in the dead-letter copy
+    "correlation_id_long_not_utf8": ({"correlation_id": b"\xff" * 200}, b'{"n": 1}'),
 }
 
 

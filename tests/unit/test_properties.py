@@ -61,3 +61,13 @@ def test_install_makes_py_amqp_use_the_tolerant_parser() -> None:
     message = amqp.Message()
     message._load_properties(60, _frame(content_type=b"\xff"), 0)
     assert properties.MALFORMED in message.properties["application_headers"]
+
+
+def test_printable_cuts_a_spelled_out_property_to_fit_a_short_string() -> None:
+    buf = _frame(correlation_id=b"\xff" * 200)
+    props, _ = properties.decode(buf, 0)
+
+    spelled = properties.printable(props["correlation_id"])
+
+    assert len(spelled.encode()) <= properties.MAX_SHORTSTR
+    assert spelled.startswith("\\xff\\xff") and spelled.endswith("...")
