@@ -99,7 +99,7 @@ class TchuRpcContender:
         self._workers = []
         self._servers.stop(grace=15)
         if self._broker_url is not None and not in_process(self._broker_url):
-            self._delete_topology(self._broker_url)
+            self.delete_topology(self._broker_url)
 
     def run_calls(
         self,
@@ -145,7 +145,8 @@ class TchuRpcContender:
                     )
                 time.sleep(0.05)
 
-    def _delete_topology(self, broker_url: str) -> None:
+    def delete_topology(self, broker_url: str) -> None:
+        """Delete the run's queues and exchanges."""
         with Connection(broker_url, connect_timeout=5) as conn:
             channel = conn.channel()
             for lane in ("calls", "events", "dead"):

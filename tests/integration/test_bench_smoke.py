@@ -133,3 +133,24 @@ def test_bench_outside_a_clone_exits_2_and_says_so(
     # When `tchu-rpc bench` runs, Then it exits 2 and says where to run it from
     assert cli.main(["bench", "--calls", "10"]) == 2
     assert "run from a clone of the repository" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_instruction_counts_run_a_worker_and_a_client_under_callgrind(
+    tchu_broker_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the valgrind-based counter (benchmarks/instructions.py) and a tiny plan
+    monkeypatch.syspath_prepend(str(ROOT))
+    import benchmarks.instructions
+
+    argv = ["--broker", tchu_broker_url, "--calls", "20", "--warmup", "10"]
+    argv += ["--sides", "tchu_rpc worker,tchu_rpc client"]
+
+    # When it counts both sides of tchu_rpc
+    assert benchmarks.instructions.main(argv) == 0
+
+    # Then each side has a count per call (a call is well over 10,000 instructions on either side)
+    lines = capsys.readouterr().out.splitlines()
+    counts = {line[:16].strip(): float(line[16:].split("k")[0]) for line in lines if "per call" in line}
+    assert set(counts) == {"tchu_rpc worker", "tchu_rpc client"}
+    assert all(count > 10 for count in counts.values()), counts
