@@ -99,6 +99,8 @@ class Settings:
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
         if not self.broker_url:
             raise ConfigError("broker_url must not be empty")
+        _check_exchange("events_exchange", self.events_exchange)
+        _check_exchange("calls_exchange", self.calls_exchange)
         if self.tls_key_file and not self.tls_cert_file:
             raise ConfigError("tls_key_file needs tls_cert_file (the certificate of that key)")
         if self.tls_server_hostname and not self.tls_verify:
@@ -160,6 +162,13 @@ _TLS_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tl
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _check_exchange(name: str, exchange: str) -> None:
+    # Clients and workers declare both exchanges: RabbitMQ refuses `amq.` names (403), an AMQP short
+    # string holds at most 255 bytes, and the empty name is the default (direct) exchange.
+    if not 0 < len(exchange.encode()) <= 255 or exchange.startswith("amq."):
+        raise ConfigError(f"{name} must be 1-255 bytes and not start with 'amq.', got {exchange!r}")
 
 
 def _convert(name: str, annotation: Any, raw: str) -> Any:

@@ -103,8 +103,11 @@ def test_bad_numbers_raise_config_error_naming_the_variable(variable: str, raw: 
         {"shutdown_grace": -1.0},
         {"serializer": "pickle"},
         {"broker_url": ""},
+        {"calls_exchange": ""},
+        {"calls_exchange": "amq.topic"},
+        {"events_exchange": "e" * 256},
     ],
-    ids=lambda c: next(f"{k}={v!r}" for k, v in c.items()),
+    ids=lambda c: next(f"{k}={str(v)[:20]!r}" for k, v in c.items()),
 )
 def test_invalid_values_raise_config_error(changes: dict[str, object]) -> None:
     name = next(iter(changes))
