@@ -17,12 +17,10 @@ layouts (benchmarks/RESULTS.md). py-amqp still parses and dispatches what arrive
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import amqp
 from amqp import spec
 from kombu import Connection, Producer
 
@@ -58,7 +56,7 @@ class Publisher:
         self._committing: list[Callable[[], None]] | None = None  # the commit awaiting its commit-ok
         self._queued: list[_Group] = []
         self._between: list[Callable[[], None]] = []  # to run once no commit is under way
-        self._writing = False
+        self._batch: list[bytes] | None = None  # the frames of the transaction being written
         if amqp_conn:
             channel.events["basic_return"].add(self._returned)
         if self._confirming:
@@ -88,7 +86,7 @@ class Publisher:
             self._virtual.publish(body, exchange=exchange, routing_key=routing_key, **properties)
             _confirm(on_confirm)
             return
-        if self.transactional and not self._writing:
+        if self.transactional and self._batch is None:
             send = {"body": body, "exchange": exchange, "routing_key": routing_key, **properties}
             self.transact(partial(self.publish, **send), partial(_confirm, on_confirm))
             return
@@ -99,9 +97,8 @@ class Publisher:
         properties["application_headers"] = properties.pop("headers", None)
         channel = self.channel
         frame_max = channel.connection.frame_max
-        _send(
-            channel,
-            publish_frames(channel.channel_id, frame_max, exchange, routing_key, mandatory, body, properties),
+        self._write(
+            publish_frames(channel.channel_id, frame_max, exchange, routing_key, mandatory, body, properties)
         )
         if self._confirming:
             self._seq += 1
@@ -118,25 +115,42 @@ class Publisher:
             writes()
             on_committed()
             return
-        if self._committing is not None or self._writing:
+        if self._committing is not None or self._batch is not None:
             self._queued.append((writes, on_committed))
             return
         self._commit([(writes, on_committed)])
 
+    def ack(self, message: Any) -> None:
+        """Ack `message`, a delivery on this publisher's channel (with its transaction's frames)."""
+        if self._virtual is not None:
+            message.ack()
+        else:
+            self._write(ack_frame(message.channel.channel_id, message.delivery_tag))
+
     def _commit(self, groups: list[_Group]) -> None:
-        self._writing = True
+        # The publishes, acks and commit go out in one write; nothing if one fails (the loop then
+        # drops the connection, and the broker redelivers).
+        self._batch = batch = []
         try:
-            with _one_write(self.channel.connection.transport):
-                for writes, _ in groups:
-                    writes()
-                _send(self.channel, commit_frame(self.channel.channel_id))
+            for writes, _ in groups:
+                writes()
         finally:
-            self._writing = False
+            self._batch = None
+        batch.append(commit_frame(self.channel.channel_id))
+        self._write(b"".join(batch))
         self._committing = [on_committed for _, on_committed in groups]
+
+    def _write(self, frames: bytes) -> None:
+        if self._batch is not None:
+            self._batch.append(frames)
+            return
+        connection = self.channel.connection
+        connection.transport.write(frames)
+        connection.bytes_sent += 1  # for py-amqp's heartbeats: the connection is not idle
 
     def between_commits(self, command: Callable[[], None]) -> None:
         """Run `command` (a method outside transactions, such as `basic.cancel`) between commits."""
-        if self._committing is None and not self._writing:
+        if self._committing is None and self._batch is None:
             command()
         else:
             self._between.append(command)
@@ -172,43 +186,6 @@ class Publisher:
         self._on_return(routing_key, exchange, str(getattr(exc, "reply_text", exc)), message.properties)
 
 
-def ack(message: Any) -> None:
-    """Ack a kombu delivery on the channel it came on (one frame written directly on AMQP)."""
-    channel = message.channel
-    if isinstance(channel, amqp.Channel):
-        _send(channel, ack_frame(channel.channel_id, message.delivery_tag))
-    else:
-        message.ack()
-
-
-def _send(channel: Any, frames: bytes) -> None:
-    """Write encoded frames on `channel`'s connection, as py-amqp's own writes do (`frames`)."""
-    connection = channel.connection
-    connection.transport.write(frames)
-    connection.bytes_sent += 1  # for py-amqp's heartbeats: the connection is not idle
-
-
 def _confirm(on_confirm: OnConfirm | None) -> None:
     if on_confirm is not None:
         on_confirm(True)
-
-
-@contextmanager
-def _one_write(transport: Any) -> Iterator[None]:
-    """Send the frames written in the block in one system call, not one per frame.
-
-    py-amqp writes every method as it goes (`transport._write`, the socket's `sendall` on TCP); a
-    transaction's publishes, ack and commit are wanted together anyway. Nothing is sent if the
-    block fails: the loop drops the connection then.
-    """
-    own = vars(transport).get("_write")
-    chunks: list[bytes] = []
-    transport._write = lambda data: chunks.append(bytes(data))  # py-amqp reuses its frame buffer
-    try:
-        yield
-    finally:
-        if own is None:
-            del transport._write
-        else:
-            transport._write = own
-    transport.write(b"".join(chunks))

@@ -19,7 +19,7 @@ from typing import Any
 from tchu_rpc import log, outgoing, wire
 from tchu_rpc.dispatch import HEADER_DELIVERIES, describe
 from tchu_rpc.log import logger
-from tchu_rpc.publisher import Publisher, ack
+from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind
 
 
@@ -61,7 +61,7 @@ class Settler:
             def writes() -> None:
                 for send in sends:
                     publisher.publish(**send)
-                ack(job.message)
+                publisher.ack(job.message)
 
             self._awaiting.add(job)
             publisher.transact(writes, partial(self._committed, job))
@@ -100,7 +100,7 @@ class Settler:
         """Ack `job` (or requeue it when `ok` is False) and count it settled."""
         try:
             if ok:
-                ack(job.message)
+                self.publishers[job.kind].ack(job.message)
             else:
                 job.message.reject(requeue=True)
             self._settled(job, "message_acked" if ok else "message_requeued")
