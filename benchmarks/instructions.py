@@ -97,7 +97,7 @@ def measure_server(name: str, args: argparse.Namespace, work: Path) -> float:
                 rival.run_calls(args.broker, args.calls, args.in_flight, PAD, 0)
                 return instructions(dump(proc.pid, out)) / int(args.calls)
             finally:
-                proc.terminate()
+                _stop(proc)
     finally:
         if isinstance(rival, TchuRpcContender):
             rival.delete_topology(args.broker)
@@ -126,9 +126,8 @@ def measure_client(name: str, args: argparse.Namespace, work: Path) -> float:
                 proc.stdin.flush()
                 _wait_for(proc, "done", _READY_TIMEOUT + args.calls)
                 return instructions(dump(proc.pid, out)) / int(args.calls)
-            except BaseException:
-                proc.kill()
-                raise
+            finally:
+                _stop(proc)
     finally:
         rival.stop_servers()
 
@@ -142,6 +141,15 @@ def _spawn(out: Path, argv: list[str]) -> subprocess.Popen[str]:
         cwd=ROOT,
         text=True,
     )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=60)
 
 
 def _wait_for(proc: subprocess.Popen[str], word: str, timeout: float) -> None:
