@@ -1,5 +1,7 @@
 """tchu_rpc: RPC and broadcast events for Python services on RabbitMQ, on kombu, without Celery."""
 
+from importlib import metadata as _metadata
+
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.delivery import Delivery, current_delivery, report_progress
@@ -24,7 +26,10 @@ from tchu_rpc.registry import Handler, Registry, default_registry, subscribe
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 from tchu_rpc.worker import Worker
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("tchu-rpc")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "CallTimeout",

@@ -21,8 +21,11 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import log, topology, wire
+from tchu_rpc._amqp.caller_reads import LeadingLoop
+from tchu_rpc._amqp.connection import is_amqp
+from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._client.inflight import Inflight, Pending, checked_timeout, wait
 from tchu_rpc.config import Settings
-from tchu_rpc.connection import is_amqp
 from tchu_rpc.errors import (
     CallTimeout,
     ConnectionLost,
@@ -32,10 +35,7 @@ from tchu_rpc.errors import (
     TchuError,
     remote_error,
 )
-from tchu_rpc.leading import LeadingLoop
 from tchu_rpc.log import logger
-from tchu_rpc.pending import Inflight, Pending, checked_timeout, wait
-from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import validate_topic
 
 

@@ -21,6 +21,12 @@ HEADER_VERSION: Final = "x-tchu-version"
 HEADER_DEADLINE: Final = "x-tchu-deadline"
 HEADER_ERROR: Final = "x-tchu-error"
 HEADER_TOPIC: Final = "x-tchu-topic"
+#: How many earlier deliveries of a message on a classic queue the worker has counted.
+HEADER_DELIVERIES: Final = "x-tchu-deliveries"
+#: Quorum queues count earlier deliveries themselves in this header (set by the broker).
+HEADER_QUORUM_COUNT: Final = "x-delivery-count"
+#: Set (alone) on a message whose properties or headers could not be decoded (`_amqp.properties`).
+HEADER_MALFORMED: Final = "x-tchu-malformed"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"

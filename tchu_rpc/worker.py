@@ -30,18 +30,20 @@ from typing import Any
 
 from kombu import Connection, Consumer
 
-from tchu_rpc import log, outgoing, properties, topology, wire
+from tchu_rpc import log, topology, wire
+from tchu_rpc._amqp import properties
+from tchu_rpc._amqp.inline_calls import DeferringLoop
+from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._worker import outgoing
+from tchu_rpc._worker.dispatch import Dispatcher, Outcome, describe, previous_deliveries
+from tchu_rpc._worker.lanes import Lane
+from tchu_rpc._worker.settle import Job, Settler
+from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
-from tchu_rpc.deferring import DeferringLoop
-from tchu_rpc.dispatch import Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc.errors import ConfigError, ConnectionLost
-from tchu_rpc.lanes import Lane
 from tchu_rpc.log import logger, mask_url
-from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
-from tchu_rpc.settling import Job, Settler
-from tchu_rpc.timelimit import TimeLimits, check_consumer_timeout
 
 
 def _raw_body(message: Any) -> None:

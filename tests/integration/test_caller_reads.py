@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tchu_rpc import Client, ConnectionLost, Registry, leading, loop, report_progress
+from tchu_rpc import Client, ConnectionLost, Registry, report_progress
+from tchu_rpc._amqp import caller_reads as leading
+from tchu_rpc._amqp import loop
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 10.0

@@ -19,7 +19,7 @@ from kombu import Connection
 from structlog.testing import capture_logs
 
 from tchu_rpc import Registry
-from tchu_rpc.publisher import Publisher
+from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 10.0

@@ -15,8 +15,8 @@ from amqp.method_framing import frame_handler, frame_writer
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 
+from tchu_rpc._amqp.frames import ack_frame, can_read, commit_frame, publish_frames, read_frames
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.frames import ack_frame, can_read, commit_frame, publish_frames, read_frames
 
 Frame = tuple[int, int, bytes]
 

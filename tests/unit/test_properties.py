@@ -7,7 +7,7 @@ from typing import Any
 import amqp
 from amqp import serialization
 
-from tchu_rpc import properties
+from tchu_rpc._amqp import properties
 
 
 def _frame(**props: Any) -> bytes:

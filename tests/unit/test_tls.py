@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
+from tchu_rpc._amqp.connection import tls_options
 from tchu_rpc.config import Settings
-from tchu_rpc.connection import tls_options
 
 
 def test_plain_amqp_without_tls_settings_has_no_tls() -> None:

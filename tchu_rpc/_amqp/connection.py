@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Connection
 
-from tchu_rpc import properties
+from tchu_rpc._amqp import properties
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import mask_url

@@ -23,10 +23,10 @@ from typing import Any
 
 from kombu import Connection
 
+from tchu_rpc._amqp.connection import open_connection
+from tchu_rpc._amqp.frames import can_read, read_frames
 from tchu_rpc.config import Settings
-from tchu_rpc.connection import open_connection
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.frames import can_read, read_frames
 from tchu_rpc.log import logger, mask_url
 
 _DRAIN_BATCH = 256

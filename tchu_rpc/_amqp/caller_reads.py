@@ -1,7 +1,7 @@
 """The client's loop: a caller waiting alone for its reply reads the connection itself.
 
 Waking a caller from the I/O thread costs two thread hand-overs per reply (the wake-up, then the
-GIL back), ~30 us each on a small VM. So a caller whose call is the only one in flight serves the
+GIL back). So a caller whose call is the only one in flight serves the
 connection itself until its outcome arrives (`lead`), while the I/O thread parks off the socket, and
 stays parked for a moment after (`_LINGER`), so that back-to-back calls of one thread do not wake it.
 Two threads must never wait on the socket together: the one that did not read would sleep on.
@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tchu_rpc._amqp.loop import Loop
 from tchu_rpc.log import logger
-from tchu_rpc.loop import Loop
 
 #: After a caller led the connection (see `lead`), the I/O thread stays off the socket this
 #: long, so that back-to-back calls of one thread do not wake it for every reply.

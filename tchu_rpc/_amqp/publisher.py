@@ -24,8 +24,8 @@ from typing import Any
 from amqp import spec
 from kombu import Connection, Producer
 
-from tchu_rpc.connection import is_amqp
-from tchu_rpc.frames import ack_frame, commit_frame, publish_frames
+from tchu_rpc._amqp.connection import is_amqp
+from tchu_rpc._amqp.frames import ack_frame, commit_frame, publish_frames
 
 OnConfirm = Callable[[bool], None]
 #: Called with (routing key, exchange, reply text, AMQP properties) for a returned mandatory message.

@@ -28,8 +28,8 @@ from typing import Any
 
 from amqp.serialization import dumps
 
+from tchu_rpc._amqp.properties import FIELDS, MAX_SHORTSTR
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.properties import FIELDS, MAX_SHORTSTR
 
 #: At most this much per read: a 1 MB message takes several turns of the loop, and a read of many
 #: small frames copies what follows each frame once (see `read_frames`).

@@ -19,11 +19,6 @@ from tchu_rpc.log import logger
 from tchu_rpc.registry import Handler, Kind, Registry
 from tchu_rpc.reply_cache import ReplyCache
 
-#: How many earlier deliveries of a message on a classic queue the worker has counted.
-HEADER_DELIVERIES = "x-tchu-deliveries"
-#: Quorum queues count earlier deliveries themselves in this header.
-HEADER_QUORUM_COUNT = "x-delivery-count"
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -219,10 +214,10 @@ def previous_deliveries(message: Any, *, classic: bool) -> int:
     count on quorum queues, ours on a copy the worker re-published itself (see `_republished`).
     """
     headers = message.headers or {}
-    quorum = headers.get(HEADER_QUORUM_COUNT)
+    quorum = headers.get(wire.HEADER_QUORUM_COUNT)
     if not classic and isinstance(quorum, int) and quorum >= 0:
         return quorum
-    counted = headers.get(HEADER_DELIVERIES, 0) if _republished(message) else 0
+    counted = headers.get(wire.HEADER_DELIVERIES, 0) if _republished(message) else 0
     counted = counted if isinstance(counted, int) and counted >= 0 else 0
     return counted + int(classic and bool(message.delivery_info.get("redelivered")))
 

@@ -21,8 +21,10 @@ from typing import Any, Final
 from amqp import serialization
 from amqp.spec import Basic
 
+from tchu_rpc.wire import HEADER_MALFORMED
+
 #: Header set (alone) when a message's header table could not be decoded.
-MALFORMED: Final = "x-tchu-malformed"
+MALFORMED: Final = HEADER_MALFORMED
 #: The longest AMQP short string, in bytes.
 MAX_SHORTSTR: Final = 255
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tchu_rpc.loop import Loop
+from tchu_rpc._amqp.loop import Loop
 
 #: A standby thread looks this often whether the I/O thread is away running a deferred job ...
 _STANDBY_POLL = 0.01

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from tchu_rpc import log, outgoing, wire
-from tchu_rpc.dispatch import HEADER_DELIVERIES, describe
+from tchu_rpc import log, wire
+from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._worker import outgoing
+from tchu_rpc._worker.dispatch import describe
 from tchu_rpc.log import logger
-from tchu_rpc.publisher import Publisher
 from tchu_rpc.registry import Kind
 
 
@@ -89,7 +90,7 @@ class Settler:
     def counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
         """Return the publish arguments of `message`'s copy to its own queue, counting deliveries."""
         queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
-        return outgoing.copy(message, queue, {HEADER_DELIVERIES: earlier})
+        return outgoing.copy(message, queue, {wire.HEADER_DELIVERIES: earlier})
 
     def abandon(self, job: Job) -> None:
         """Give up on `job`: its connection is gone, and the broker redelivers it."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tchu_rpc import topology, wire
-from tchu_rpc.dispatch import topic_of
-from tchu_rpc.properties import printable
+from tchu_rpc._amqp.properties import printable
+from tchu_rpc._worker.dispatch import topic_of
 
 
 def answer(message: Any, body: bytes, content_type: str) -> dict[str, Any]:

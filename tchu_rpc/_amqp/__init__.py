@@ -1,0 +1,1 @@
+"""The connection's I/O thread and what works below kombu (private)."""

@@ -1,0 +1,1 @@
+"""What a client keeps while its calls are in flight (private)."""

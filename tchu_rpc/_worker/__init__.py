@@ -1,0 +1,1 @@
+"""A delivery's way through a worker: dispatch, settle, lanes, time limits (private)."""
