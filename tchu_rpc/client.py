@@ -11,8 +11,10 @@ itself (`LeadingLoop.lead`); otherwise the I/O thread reads replies and wakes th
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent import futures
 from functools import partial
@@ -20,23 +22,23 @@ from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
-from tchu_rpc import log, topology, wire
+from tchu_rpc import topology, wire
 from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
-from tchu_rpc._client.inflight import Inflight, Pending, checked_timeout, wait
+from tchu_rpc._client.callbacks import Callbacks, CallFuture
+from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, checked_timeout, wait
+from tchu_rpc._client.replies import on_reply
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import (
-    CallTimeout,
-    ConnectionLost,
-    DecodeError,
-    NoRoute,
-    PublishFailed,
-    TchuError,
-    remote_error,
-)
-from tchu_rpc.log import logger
+from tchu_rpc.errors import CallTimeout, ConnectionLost, NoRoute, PublishFailed, TchuError
+from tchu_rpc.log import mask_url
 from tchu_rpc.registry import validate_topic
+
+#: Every live client, so that a forked child gives each a fresh connection (`_after_fork`).
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+#: A forked child's copies of its parent's connections: kept, never used nor collected, since
+#: closing them could write on the parent's sockets.
+_PARENTS_CONNECTIONS: list[Any] = []
 
 
 class Client:
@@ -51,8 +53,15 @@ class Client:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self._codec = wire.codec_for(self.settings.serializer)
-        self._inflight = Inflight()
         self._closed = False
+        self._fresh()
+        _CLIENTS.add(self)
+
+    def _fresh(self) -> None:
+        """Start with nothing in flight and a loop that connects on first use."""
+        self._inflight = Inflight()
+        self._callbacks = Callbacks("tchu-client-callbacks")
+        self._watchdog = Watchdog("tchu-client-deadlines", self._inflight, self._expire)
         self._publisher: Publisher | None = None
         self._reply_to = ""
         self._loop = LeadingLoop(
@@ -63,6 +72,11 @@ class Client:
             on_tick=self._expire,
             wants_connection=lambda: bool(self._inflight),
         )
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connection and calls; connect anew on first use."""
+        _PARENTS_CONNECTIONS.append(self._loop)
+        self._fresh()
 
     # -- public API ---------------------------------------------------------------------------
     def call(
@@ -83,8 +97,8 @@ class Client:
 
         Each `report_progress(info)` of the handler moves the call's deadline to `timeout` seconds
         after it arrived, but never past `max_timeout` seconds after the call began (default: no
-        bound), and passes `info` to `on_progress`, which runs on the thread reading the connection
-        (the client's I/O thread, or a caller waiting for its reply): keep it short.
+        bound), and passes `info` to `on_progress`, which runs on the client's callback thread (never
+        on a thread serving the connection; see `call_async`).
 
         Raises:
             CallTimeout: no reply within `timeout` seconds (of the start, or of the last progress).
@@ -105,7 +119,13 @@ class Client:
         max_timeout: float | None = None,
         on_progress: Callable[[Any], None] | None = None,
     ) -> futures.Future[Any]:
-        """Start a call and return a future of its result; it fails by its deadline at the latest."""
+        """Start a call and return a future of its result; it fails by its deadline at the latest.
+
+        The future fails at most `Watchdog.MARGIN` (50 ms) after its deadline, even while the
+        broker does not answer. Its done-callbacks, like `on_progress` callbacks, run one at a time
+        on the client's callback thread, never on a thread serving the connection: a callback that
+        blocks (a call on the same client, say) delays later callbacks, not the client's calls.
+        """
         pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
         self._loop.resume()  # nobody waits on this thread to read the reply
         return pending.future
@@ -126,7 +146,9 @@ class Client:
             return
         self._closed = True
         self._loop.stop()
+        self._watchdog.close()
         self._fail_all(lambda p: ConnectionLost(f"client closed with {p.kind} {p.topic!r} pending"))
+        self._callbacks.close()
 
     def __enter__(self) -> Client:
         return self
@@ -135,8 +157,6 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        from tchu_rpc.log import mask_url
-
         return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._inflight)}>"
 
     # -- caller threads -----------------------------------------------------------------------
@@ -181,12 +201,13 @@ class Client:
         validate_topic(topic)
         body = wire.encode(self._codec, data, self.settings.max_message_bytes)
         message_id = uuid.uuid4().hex
-        future: futures.Future[Any] = futures.Future()
+        future = CallFuture(self._callbacks)
         now = time.monotonic()
         deadline = now + timeout
         latest = now + max_timeout
         pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
         self._inflight.add(message_id, pending)
+        self._watchdog.watch(deadline)
         self._loop.start()
         self._loop.run_or_submit(partial(self._send, message_id))
         return pending
@@ -204,7 +225,12 @@ class Client:
             queue = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
         else:
             queue = topology.reply_queue()
-        consumer = Consumer(channel, queues=[queue], no_ack=True, on_message=self._on_reply)
+        consumer = Consumer(
+            channel,
+            queues=[queue],
+            no_ack=True,
+            on_message=partial(on_reply, self._inflight, self._callbacks),
+        )
         consumer.consume()
         self._reply_to = queue.name
         for message_id, pending in self._inflight.items():
@@ -221,7 +247,7 @@ class Client:
             return  # the tick expires it
         headers: dict[str, Any] = {wire.HEADER_VERSION: wire.PROTOCOL_VERSION}
         if pending.kind == "call":
-            headers[wire.HEADER_DEADLINE] = time.time() + remaining
+            headers[wire.HEADER_TIMEOUT] = remaining
             publisher.publish(
                 pending.body,
                 exchange=self.settings.calls_exchange,
@@ -273,49 +299,6 @@ class Client:
             ),
         )
 
-    def _on_reply(self, message: Any) -> None:
-        correlation_id = message.properties.get("correlation_id") or ""
-        pending = self._inflight.get(correlation_id)
-        if pending is None or pending.kind != "call":
-            self._dropped(correlation_id, message)
-            return
-        try:
-            codec = wire.codec_of(message.content_type)
-            reply = wire.decode_envelope(codec, message.body)
-        except DecodeError as exc:
-            self._inflight.settle(correlation_id, exc)
-            return
-        if isinstance(reply, wire.Progress):
-            self._progressed(correlation_id, pending, reply.info)
-        elif isinstance(reply, wire.Failure):
-            err = reply.error
-            self._inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, err.details))
-        else:
-            self._inflight.settle(correlation_id, reply.result)
-
-    def _progressed(self, message_id: str, pending: Pending, info: Any) -> None:
-        deadline = min(time.monotonic() + pending.timeout, pending.latest)
-        if deadline > pending.deadline:
-            self._inflight.postpone(message_id, pending, deadline)
-        log.debug("call_progressed", topic=pending.topic, correlation_id=message_id)
-        if pending.on_progress is not None:
-            try:
-                pending.on_progress(info)
-            except Exception as exc:  # the caller's callback must not break the I/O thread
-                logger.warning("progress_callback_failed", topic=pending.topic, error=str(exc))
-
-    def _dropped(self, correlation_id: str, message: Any) -> None:
-        try:
-            envelope = wire.decode_envelope(wire.codec_of(message.content_type), message.body)
-            progress = isinstance(envelope, wire.Progress)
-        except DecodeError:
-            progress = False
-        outcome = self._inflight.outcome_of(correlation_id)
-        if progress:  # a handler still reporting after its call settled: expected, not a fault
-            log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome)
-        else:
-            logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
-
     def _expire(self, now: float) -> float | None:
         due, next_due = self._inflight.due(now)
         for message_id, pending in due:
@@ -323,9 +306,10 @@ class Client:
         return next_due
 
     def _expired(self, pending: Pending) -> TchuError:
-        error = self._loop.last_error
-        if self._loop.connection is None and error is not None:
-            return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}: {error}")
+        if self._loop.connection is None or not pending.sent:
+            error = self._loop.last_error
+            why = f": {error}" if error is not None else " (not connected yet)"
+            return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}{why}")
         if pending.kind == "event":
             return PublishFailed(f"no confirm for event {pending.topic!r} before the deadline")
         return CallTimeout(f"no reply to call {pending.topic!r} before the deadline")
@@ -345,3 +329,11 @@ class Client:
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in self._inflight.items():
             self._inflight.settle(message_id, make_error(pending))
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

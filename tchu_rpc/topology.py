@@ -21,6 +21,8 @@ from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
 
 DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+#: Prefix of a client's private reply queue (brokers without direct reply-to).
+REPLY_QUEUE_PREFIX: Final = "tchu.reply."
 
 
 def events_exchange(settings: Settings) -> Exchange:
@@ -57,7 +59,12 @@ def dead_letter_queue(service: str, settings: Settings) -> Queue:
 
 def reply_queue() -> Queue:
     """Return a private reply queue for brokers without direct reply-to."""
-    return Queue(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
+    return Queue(f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
+
+
+def is_reply_address(reply_to: str) -> bool:
+    """Tell whether `reply_to` names a caller's reply address: direct reply-to or a client's queue."""
+    return reply_to.startswith((DIRECT_REPLY_TO, REPLY_QUEUE_PREFIX))
 
 
 def _bound_queue(name: str, exchange: Exchange, patterns: tuple[str, ...], settings: Settings) -> Queue:

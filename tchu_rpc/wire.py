@@ -3,7 +3,7 @@
 A request or event body is the caller's data, encoded as is. A reply body is a tagged envelope,
 `Result` or `Failure`; while a call runs, the worker may also send `Progress` envelopes to the same
 reply address with the same correlation id. AMQP properties carry `message_id`, `correlation_id`, `reply_to`,
-`content_type` and `expiration`; headers carry the protocol version and the call's deadline.
+`content_type` and `expiration`; headers carry the protocol version and the time the caller had left.
 No pickle, ever: only msgspec's JSON and MessagePack, which build plain data.
 """
 
@@ -18,7 +18,8 @@ from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
 
 PROTOCOL_VERSION: Final = 1
 HEADER_VERSION: Final = "x-tchu-version"
-HEADER_DEADLINE: Final = "x-tchu-deadline"
+#: Seconds the caller had left when it published a call (relative: no clocks are compared).
+HEADER_TIMEOUT: Final = "x-tchu-timeout"
 HEADER_ERROR: Final = "x-tchu-error"
 HEADER_TOPIC: Final = "x-tchu-topic"
 #: How many earlier deliveries of a message on a classic queue the worker has counted.

@@ -97,6 +97,7 @@ class Worker:
         self._start_error: BaseException | None = None
         self._cancelled = False
         self._stopped = False
+        self._stop_lock = threading.Lock()
         self._loop = DeferringLoop(
             f"tchu-worker-{queue}",
             self.settings,
@@ -139,9 +140,12 @@ class Worker:
         Messages still unfinished after `timeout` (default `settings.shutdown_grace`) stay unacked
         and the broker redelivers them when the connection closes.
         """
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._stop_lock:  # a second caller returns once the first has stopped the worker
+            if not self._stopped:
+                self._stop(timeout)
+                self._stopped = True
+
+    def _stop(self, timeout: float | None) -> None:
         self._stop_requested.set()
         grace = self.settings.shutdown_grace if timeout is None else timeout
         self._loop.submit(self._cancel)
@@ -244,7 +248,7 @@ class Worker:
                 if self.settings.call_concurrency == 1 and not self._loop.away:
                     # No hand-over for the usual short call: the I/O thread runs it after its reads,
                     # and a standby thread keeps the connection served if it runs long.
-                    self._loop.defer(partial(self._handle, job))
+                    self._loop.defer(partial(self._handle, job), partial(self._settler.abandon, job))
                     return
             self._lanes[kind].submit(job)
 
@@ -325,13 +329,29 @@ class Worker:
     def _handle(self, job: Job) -> None:
         try:
             if job.kind == "call":
-                outcome = self._dispatcher.call(job.message, partial(self._report, job))
+                outcome = self._dispatcher.call(job.message, partial(self._report, job), job.received)
             else:
                 outcome = self._dispatcher.event(job.message)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            self._exit(job, exc)
+            return
         except BaseException as exc:  # a bug of ours; keep the message, say why
             logger.exception("message_failed", service=self.service, error=str(exc))
             outcome = Outcome(dead_reason=f"worker error: {type(exc).__name__}: {exc}")
         self._loop.run_or_submit(partial(self._completed, job, outcome))
+
+    def _exit(self, job: Job, exc: BaseException) -> None:
+        """Stop as on SIGTERM: a handler asked the process to exit; its message is redelivered."""
+        logger.error(
+            "handler_exited",
+            service=self.service,
+            error_type=type(exc).__name__,
+            hint="the worker stops; the message stays unacked and the broker redelivers it",
+            **describe(job.message),
+        )
+        self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
+        self._stop_requested.set()  # `run()` stops; an embedded worker stops on a thread of its own
+        threading.Thread(target=self.stop, name=f"tchu-stop-{self.service}", daemon=True).start()
 
     def _report(self, job: Job, info: Any) -> bool:
         if job.timed_out:

@@ -60,14 +60,13 @@ class LeadingLoop(Loop):
             self.resume()
             return
         self._leader = threading.current_thread()
+        generation = self.generation
         try:
             while not done() and self.connection is conn and not self._stop.is_set():
-                self._turn()
+                self._turn(done)
         except Exception as exc:
-            if self.connection is conn:
-                self._failure = exc  # the I/O thread drops the connection (and logs why)
-            else:
-                logger.debug("lead_ended_by_lost_connection", loop=self.name, error=str(exc))
+            self.fail(generation, exc)  # the I/O thread drops the connection (and logs why)
+            logger.debug("lead_ended_by_failure", loop=self.name, error=str(exc))
         finally:
             self._leader = None
             idle = self._failure is None and not self._wants_connection()

@@ -2,8 +2,9 @@
 
 With one call thread, handing each call to a lane thread costs a hand-over per call. Instead the I/O
 thread runs the handler after its reads (`defer`); while it does, the connection is free for other
-threads (`run_or_submit`), and if the handler runs long a standby thread serves the connection
-(heartbeats, deliveries, timers) until it returns.
+threads (`run_or_submit`), and if the handler runs long a standby thread serves the connection in
+its place: heartbeats, deliveries, timers, and, when the connection fails, the drop and the
+reconnection with backoff. The I/O thread takes the connection back when the handler returns.
 """
 
 from __future__ import annotations
@@ -24,26 +25,31 @@ _STANDBY_AFTER = 0.05
 _STANDBY_IDLE_AFTER = 1.0
 _STANDBY_IDLE_POLL = 0.1
 
+#: A deferred job: the connection generation it belongs to, the job, and what to do instead of
+#: running it once that connection is gone.
+_Deferred = tuple[int, Callable[[], None], Callable[[], None]]
+
 
 class DeferringLoop(Loop):
     """A `Loop` that runs deferred jobs on its own thread, covered by a standby thread."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deferred: deque[Callable[[], None]] = deque()
+        self._deferred: deque[_Deferred] = deque()
         self._away_since: float | None = None  # when the I/O thread left to run a deferred job
         self._last_away = 0.0  # when it last did
         self._standby: threading.Thread | None = None
 
-    def defer(self, job: Callable[[], None]) -> None:
+    def defer(self, job: Callable[[], None], skip: Callable[[], None]) -> None:
         """Run `job` on the I/O thread once this turn's reads are done, without the connection.
 
         For work that is usually short (a call handler): it then needs no hand-over to another
-        thread. While it runs, the connection is free for other threads (`run_or_submit`), and if it
-        runs longer than `_STANDBY_AFTER`, a standby thread serves the connection (heartbeats,
-        deliveries, timers) until it returns. Called on the I/O thread only.
+        thread. If the connection is dropped before `job` starts, `skip` runs instead (the broker
+        redelivers what `job` was for). While it runs, the connection is free for other threads
+        (`run_or_submit`), and if it runs longer than `_STANDBY_AFTER`, a standby thread serves the
+        connection until it returns. Called on the I/O thread only.
         """
-        self._deferred.append(job)
+        self._deferred.append((self.generation, job, skip))
         if self._standby is None:
             self._standby = threading.Thread(target=self._stand_by, name=f"{self.name}-standby", daemon=True)
             self._standby.start()
@@ -55,14 +61,22 @@ class DeferringLoop(Loop):
 
     def _run_deferred(self) -> None:
         while self._deferred:
-            job = self._deferred.popleft()
+            generation, job, skip = self._deferred.popleft()
+            if generation != self.generation or self.connection is None:
+                skip()  # its delivery died with its connection
+                continue
             self._away_since = self._last_away = time.monotonic()
             self._io_lock.release()
             try:
                 job()
             finally:
-                self._io_lock.acquire()  # after the standby's current turn, if it took over
+                # Back: the standby hands over after its current step (it sees `away` unset).
                 self._away_since = None
+                self.wake()
+                self._io_lock.acquire()
+
+    def _yield_now(self) -> bool:
+        return not self.away and threading.current_thread() is self._standby
 
     def _stand_by(self) -> None:
         poll = _STANDBY_POLL
@@ -73,10 +87,9 @@ class DeferringLoop(Loop):
             if since is None or now - since < _STANDBY_AFTER:
                 continue
             with self._io_lock:
-                while self.away and self.connection is not None and not self._stop.is_set():
-                    if self._failure is not None:
-                        break
-                    try:
-                        self._turn()
-                    except Exception as exc:  # the I/O thread drops the connection when it is back
-                        self._failure = exc
+                # The I/O thread's whole job, reconnecting included, until it is back.
+                while self.away and not self._stop.is_set():
+                    self._step()
+        if self.away:
+            with self._io_lock:
+                self._close()  # stopped while a handler runs on: its deliveries go back to the queue

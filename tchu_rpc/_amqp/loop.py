@@ -7,8 +7,8 @@ heartbeats flowing while handlers run elsewhere. It sleeps in `select()` on the 
 pipe, so a submitted command runs at once, not at the next poll.
 
 A thread with something to publish publishes it itself while the I/O thread sleeps (`run_or_submit`),
-which saves a thread hand-over on the hot path. The client's loop also lets a caller read its own
-reply (`leading`); the worker's runs call handlers on its own thread (`deferring`).
+which saves a thread hand-over on the hot path. A failure met on another thread is recorded for the
+connection it happened on (its generation): it can never tear down a newer connection.
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ class Loop:
         # True while a thread in `_turn` is sure to run `_commands` before it next waits: a command
         # submitted then needs no wake-up through the pipe (two system calls and a turn).
         self._awake = False
-        self._failure: BaseException | None = None
+        # A failure met outside the I/O thread's own turn, with the generation of its connection.
+        self._failure: tuple[int, BaseException] | None = None
+        self._delay = settings.reconnect_delay  # the next pause between reconnection attempts
+        self._pipe_lock = threading.Lock()  # a wake-up never writes on a pipe `stop` has closed
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -111,13 +114,14 @@ class Loop:
         if self.connection is None or self._commands or not self._io_lock.acquire(blocking=False):
             self.submit(command)
             return
+        generation = self.generation
         try:
             if self.connection is None or self._failure is not None:
                 self._commands.append(command)
             else:
                 command()
         except Exception as exc:
-            self._failure = exc
+            self.fail(generation, exc)
         finally:
             self._io_lock.release()
         if self._failure is not None or (self._commands and not self._awake):
@@ -125,10 +129,22 @@ class Loop:
 
     def wake(self) -> None:
         """Interrupt the I/O thread's wait."""
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending already) or closed
+        with self._pipe_lock:
+            if self._wake_w < 0:
+                return  # stopped: nothing waits any more
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending already
+
+    def fail(self, generation: int, exc: BaseException) -> None:
+        """Record that the connection of `generation` failed; the I/O thread drops it.
+
+        A failure of a connection that was dropped already (its generation is gone) is ignored:
+        it must never tear down the connection that replaced it.
+        """
+        if generation == self.generation and self.connection is not None:
+            self._failure = (generation, exc)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and close the connection; safe to call twice."""
@@ -138,12 +154,11 @@ class Loop:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if thread is None or not thread.is_alive():
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._wake_r = self._wake_w = -1
+            with self._pipe_lock:
+                for fd in (self._wake_r, self._wake_w):
+                    if fd >= 0:
+                        os.close(fd)
+                self._wake_r = self._wake_w = -1
 
     @property
     def in_loop_thread(self) -> bool:
@@ -162,23 +177,26 @@ class Loop:
             self._close()
 
     def _serve(self) -> None:
-        delay = self.settings.reconnect_delay
         while not self._stop.is_set():
-            if self.connection is None:
-                if not self._wants_connection():
-                    self._idle()
-                    continue
-                if not self._connect():
-                    self._sleep(delay)
-                    delay = min(delay * 2, self.settings.reconnect_delay_max)
-                    continue
-                delay = self.settings.reconnect_delay
-            try:
-                if not self._park():
-                    self._turn()
-            except Exception as exc:
-                self._drop(exc)
+            self._step()
             self._run_deferred()
+
+    def _step(self) -> None:
+        """Serve once: (re)connect when there is no connection, else one turn on it."""
+        if self.connection is None:
+            if not self._wants_connection():
+                self._idle()
+                return
+            if not self._connect():
+                self._sleep(self._delay)
+                self._delay = min(self._delay * 2, self.settings.reconnect_delay_max)
+                return
+            self._delay = self.settings.reconnect_delay
+        try:
+            if not self._park():
+                self._turn()
+        except Exception as exc:
+            self._drop(exc)
 
     def _connect(self) -> bool:
         try:
@@ -221,14 +239,15 @@ class Loop:
             except Exception as exc:
                 logger.debug("close_failed", loop=self.name, error=str(exc))
 
-    def _turn(self) -> None:
+    def _turn(self, done: Callable[[], bool] | None = None) -> None:
+        """Run commands and timers, then wait for the socket and read it; stop early once `done()`."""
         self._awake = True
         try:
-            self._serve_turn()
+            self._serve_turn(done)
         finally:
             self._awake = False
 
-    def _serve_turn(self) -> None:
+    def _serve_turn(self, done: Callable[[], bool] | None) -> None:
         conn = self.connection
         assert conn is not None
         self._check(conn)
@@ -236,6 +255,8 @@ class Loop:
         now = time.monotonic()
         wait = _IDLE_WAIT
         next_due = self._on_tick(now)
+        if done is not None and done():
+            return  # settled by a timer of this turn: no wait for the socket
         if next_due is not None:
             wait = max(0.0, min(wait, next_due - now))
         if self.settings.heartbeat:
@@ -276,6 +297,10 @@ class Loop:
     def _run_deferred(self) -> None:
         """Run the jobs deferred to the end of the turn."""
 
+    def _yield_now(self) -> bool:
+        """Tell whether this thread should hand the connection back at once (see `inline_calls`)."""
+        return False
+
     def _poll_virtual(self, conn: Connection, wait: float) -> None:
         self._drain_pipe()
         # While busy, return soon too: commands of other threads wait for the drain to end.
@@ -291,8 +316,8 @@ class Loop:
         # kombu silently opens a new connection when one of its methods meets a dead one, so a
         # connection that failed (maybe on another thread, see `run_or_submit`) is dropped first.
         failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
+        if failure is not None and failure[0] == self.generation:
+            raise failure[1]
         if not conn.connected:
             raise ConnectionLost("the connection closed")
 
@@ -333,7 +358,7 @@ class Loop:
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._yield_now():
             now = time.monotonic()
             if now >= deadline:
                 return

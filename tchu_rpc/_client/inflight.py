@@ -15,7 +15,7 @@ from typing import Any
 from tchu_rpc import log
 from tchu_rpc.errors import CallTimeout, TchuError
 
-_GRACE = 5.0  # extra wait beyond a deadline before a caller stops trusting the I/O thread
+_GRACE = 1.0  # extra wait beyond a deadline before a caller stops trusting the watchdog too
 _RECENT = 4096  # settled ids remembered, to tell a duplicate reply from a stray one
 _STALE_DEADLINES = 256  # deadlines of settled calls tolerated in the heap before it is rebuilt
 
@@ -101,6 +101,11 @@ class Inflight:
         """Say how a recently settled call ended (`ok`, an error's name, or `unknown`)."""
         return self._recent.get(message_id, "unknown")
 
+    def next_deadline(self) -> float | None:
+        """Return the earliest deadline in the heap (maybe of a call settled since), if any."""
+        with self._lock:
+            return self._deadlines[0][0] if self._deadlines else None
+
     def due(self, now: float) -> tuple[list[tuple[str, Pending]], float | None]:
         """Return what is past its deadline at `now`, and when the next deadline is."""
         with self._lock:
@@ -120,6 +125,56 @@ class Inflight:
             if pending is not None and pending.deadline <= now:  # else progress moved it
                 due.append((message_id, pending))
         return due, next_due
+
+
+class Watchdog:
+    """Settle what is past its deadline even while the thread serving the connection is blocked.
+
+    The thread serving the connection expires calls on time; it may block, though (a broker that
+    stops answering during a reconnection, a name lookup), so this thread looks too, `MARGIN`
+    after each deadline, and settles what is still pending then. It sleeps while nothing is due.
+    """
+
+    #: How long after a deadline the watchdog looks: the latest a future fails past its deadline.
+    MARGIN = 0.05
+
+    def __init__(self, name: str, inflight: Inflight, expire: Callable[[float], object]) -> None:
+        self._name = name
+        self._inflight = inflight
+        self._expire = expire
+        self._wake = threading.Event()
+        self._until = math.inf  # when it looks next; math.inf while it is not sure
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, deadline: float) -> None:
+        """Make sure the watchdog looks by `deadline` + `MARGIN`."""
+        if deadline + self.MARGIN >= self._until:
+            return
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                    self._thread.start()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._closed = True
+        self._wake.set()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            self._until = math.inf  # first: a deadline added while it looks wakes it (`watch`)
+            due = self._inflight.next_deadline()
+            if due is not None:
+                self._until = due + self.MARGIN
+            wait = None if due is None else max(0.0, self._until - time.monotonic())
+            if self._wake.wait(wait):
+                self._wake.clear()
+                continue
+            self._expire(time.monotonic())
 
 
 def checked_timeout(timeout: float | None, default: float) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tchu_rpc import log, reply_cache, wire
+from tchu_rpc import log, reply_cache, topology, wire
 from tchu_rpc.config import Settings
 from tchu_rpc.delivery import Delivery, _current, _reporter
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, RpcError
@@ -43,26 +43,34 @@ class Dispatcher:
         self.cache = cache
         self.cache_ttl = settings.reply_cache_ttl
 
-    def call(self, message: Any, report: Callable[[Any], bool] | None = None) -> Outcome:
+    def call(
+        self, message: Any, report: Callable[[Any], bool] | None = None, received: float | None = None
+    ) -> Outcome:
         """Return the reply to a call: from the reply cache, else by running its one handler.
 
         `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
+        `received` is when the worker received it (`time.perf_counter()`; default: now).
         """
+        if not _reply_address(message):
+            reply_to = message.properties.get("reply_to")
+            reason = f"reply_to {reply_to!r} is not a reply address (direct reply-to or a client's queue)"
+            logger.warning("request_refused", service=self.service, reason=reason, **describe(message))
+            return Outcome(dead_reason=f"BadReplyTo: {reason}")
         cache, message_id = self.cache, message.properties.get("message_id")
         if cache is None or not message_id:
-            return self._call(message, report)
+            return self._call(message, report, received)
         cached = reply_cache.lookup(cache, message_id, {"service": self.service, **describe(message)})
         if cached is not None:
             return Outcome(reply=cached[0], content_type=cached[1])
-        outcome = self._call(message, report)
+        outcome = self._call(message, report, received)
         if outcome.cacheable and outcome.reply is not None:
             # Stored before the reply is published, so a crash between reply and ack is covered.
             reply_cache.store(cache, message_id, outcome.reply, outcome.content_type, self.cache_ttl)
         return outcome
 
-    def _call(self, message: Any, report: Callable[[Any], bool] | None) -> Outcome:
+    def _call(self, message: Any, report: Callable[[Any], bool] | None, received: float | None) -> Outcome:
         answerable = _answerable(message)
-        delivery = delivery_of("call", message)
+        delivery = delivery_of("call", message, received)
         if delivery.deadline is not None and time.time() > delivery.deadline:
             logger.warning("request_expired", service=self.service, **describe(message))
             return Outcome()
@@ -197,7 +205,14 @@ def _failure(codec: wire.Codec, info: wire.ErrorInfo, *, dead: bool, answer: boo
 
 def _answerable(message: Any) -> bool:
     props = message.properties
-    return bool(props.get("reply_to") and props.get("correlation_id"))
+    return bool(props.get("correlation_id")) and _reply_address(message) and bool(props.get("reply_to"))
+
+
+def _reply_address(message: Any) -> bool:
+    # A caller names where to answer; anything but a reply address would let it make the worker
+    # publish into another service's queue through the default exchange.
+    reply_to = message.properties.get("reply_to")
+    return not reply_to or topology.is_reply_address(reply_to)
 
 
 def _codec_or_json(message: Any) -> wire.Codec:
@@ -235,12 +250,22 @@ def _republished(message: Any) -> bool:
     return bool(message.delivery_info.get("exchange") == "")
 
 
-def delivery_of(kind: Kind, message: Any) -> Delivery:
-    """Describe a kombu message as the `Delivery` a handler can see."""
+def delivery_of(kind: Kind, message: Any, received: float | None = None) -> Delivery:
+    """Describe a kombu message as the `Delivery` a handler can see.
+
+    A call's deadline is the time the caller had left when it published (`HEADER_TIMEOUT`), counted
+    from when this worker received it on its own clock: no two clocks are compared, so clock skew
+    between caller and worker costs nothing. Time in the queue is the broker's to bound (the request's
+    `expiration`): a request is delivered only before it expires.
+    """
     props = message.properties
     info = message.delivery_info
     headers = message.headers or {}
-    deadline = headers.get(wire.HEADER_DEADLINE)
+    remaining = headers.get(wire.HEADER_TIMEOUT)
+    deadline = None
+    if isinstance(remaining, int | float) and not isinstance(remaining, bool):
+        waited = 0.0 if received is None else time.perf_counter() - received
+        deadline = time.time() - waited + float(remaining)
     return Delivery(
         kind=kind,
         topic=topic_of(message),
@@ -248,7 +273,7 @@ def delivery_of(kind: Kind, message: Any) -> Delivery:
         correlation_id=props.get("correlation_id"),
         redelivered=bool(info.get("redelivered")) or previous_deliveries(message, classic=False) > 0,
         delivery_tag=info.get("delivery_tag"),
-        deadline=float(deadline) if isinstance(deadline, int | float) else None,
+        deadline=deadline,
         headers=headers,
     )
 

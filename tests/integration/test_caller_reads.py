@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from tchu_rpc import Client, ConnectionLost, Registry, report_progress
+from tchu_rpc import client as client_module
 from tchu_rpc._amqp import caller_reads as leading
 from tchu_rpc._amqp import loop
+from tchu_rpc._client.replies import on_reply
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 10.0
@@ -90,22 +92,34 @@ def test_a_call_alone_in_flight_is_read_on_its_callers_thread(
     parked_for_an_hour: None,
     gates: dict[str, threading.Event],
     started: dict[str, threading.Event],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Given a client whose reply handler notes the thread that reads each reply
+    readers: list[str] = []
+
+    def noting(inflight: Any, callbacks: Any, message: Any) -> None:
+        readers.append(threading.current_thread().name)
+        on_reply(inflight, callbacks, message)
+
+    monkeypatch.setattr(client_module, "on_reply", noting)
     client = _connected(tchu, _registry(gates, started))
     _lead_once(client, gates, started)
-    seen: list[threading.Thread] = []
+    readers.clear()
+    seen: list[str] = []
 
     # When a call is the only one in flight and its handler reports progress
     result = client.call(
         "rpc.lead.progress",
         None,
         timeout=WAIT,
-        on_progress=lambda info: seen.append(threading.current_thread()),
+        on_progress=lambda info: seen.append(threading.current_thread().name),
     )
 
-    # Then the progress (and so the reply after it) was read on the calling thread
+    # Then the progress and the reply were read on the calling thread, and the progress callback
+    # ran on the client's callback thread, never on a thread that reads the connection
     assert result == "done"
-    assert seen == [threading.current_thread()]
+    assert readers == [threading.current_thread().name] * 2
+    assert seen == ["tchu-client-callbacks"]
 
 
 def test_call_async_after_a_lead_is_answered_though_the_io_thread_lingers(

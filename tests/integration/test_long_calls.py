@@ -194,5 +194,10 @@ def test_a_progress_callback_that_raises_does_not_break_the_call(tchu: TchuFacto
         raise RuntimeError("callback bug")
 
     with capture_logs() as logs:
-        assert tchu.client().call("rpc.slow.progress", {"steps": 2}, timeout=5, on_progress=broken) == "done"
-    assert len(events(logs, "progress_callback_failed")) == 2
+        client = tchu.client()
+        assert client.call("rpc.slow.progress", {"steps": 2}, timeout=5, on_progress=broken) == "done"
+        # The callbacks run on their own thread, in order: one more after them marks their end
+        flushed = threading.Event()
+        client._callbacks.run(flushed.set)
+        assert flushed.wait(5)
+    assert len(events(logs, "callback_failed")) == 2

@@ -66,7 +66,7 @@ def deliver_twice(tchu: TchuFactory, topic: str, message_id: str) -> list[tuple[
     both = threading.Event()
     with Connection(tchu.broker_url) as conn:
         channel = conn.channel()
-        reply_queue = Queue(f"{tchu.prefix}.replies", exclusive=True, auto_delete=True)
+        reply_queue = Queue(f"tchu.reply.{tchu.prefix}", exclusive=True, auto_delete=True)
 
         def on_reply(message: Any) -> None:
             body = message.body  # py-amqp decodes a body that names a content encoding

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -221,7 +222,7 @@ def test_request_past_its_deadline_is_not_run(tchu: TchuFactory) -> None:
             content_encoding="utf-8",
             reply_to="amq.rabbitmq.reply-to.invalid",
             correlation_id="stale-1",
-            headers={"x-tchu-deadline": time.time() - 1},
+            headers={"x-tchu-timeout": -1.0},  # the caller had no time left when it published
         )
     # Calls are served in order by one thread: once this answers, the stale one was seen.
     assert client.call("rpc.count", "fresh", timeout=5) == 1
@@ -269,7 +270,7 @@ def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: Tchu
     worker = tchu.worker(registry, delivery_limit=3)
     with Connection(tchu.broker_url) as conn:
         channel = conn.channel()
-        replies = channel.queue_declare("", exclusive=True).queue
+        replies = channel.queue_declare(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True).queue
         # Given a request the worker re-published after counting three deliveries without an ack
         conn.Producer().publish(
             b'"boom"',
@@ -313,7 +314,7 @@ def test_topic_and_delivery_headers_from_a_publisher_are_not_trusted(tchu: TchuF
     tchu.worker(registry, delivery_limit=2)
     with Connection(tchu.broker_url) as conn:
         channel = conn.channel()
-        replies = channel.queue_declare("", exclusive=True).queue
+        replies = channel.queue_declare(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True).queue
         conn.Producer().publish(
             b'"hello"',
             exchange=tchu.settings.calls_exchange,

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tchu_rpc import registry as registry_module
 from tchu_rpc.errors import RegistryError, TopicError
-from tchu_rpc.registry import Handler, Registry, default_registry, subscribe
+from tchu_rpc.registry import Handler, Kind, Registry, default_registry, subscribe, topic_matches
 
 
 class User(msgspec.Struct, frozen=True):
@@ -152,6 +154,40 @@ def test_an_invalid_pattern_is_a_topic_error(registry: Registry, pattern: Any) -
     assert len(registry) == 0
 
 
+@pytest.mark.parametrize("pattern", ["user created", "user.*\t", "#\n", "a.\x00", "a\x7f.#"])
+def test_a_pattern_with_whitespace_or_a_control_character_is_refused(
+    registry: Registry, pattern: str
+) -> None:
+    with pytest.raises(TopicError, match=re.escape(f"pattern {pattern!r} contains ")):
+        registry.add(pattern, on_user)
+    assert len(registry) == 0
+    assert registry.match(pattern, "event") == ()
+
+
+def test_a_refused_duplicate_leaves_the_registry_unchanged(registry: Registry) -> None:
+    first = registry.add("user.*", on_user)
+    second = registry.add("user.#", on_user)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add("user.*", on_user)
+    assert registry.handlers == (first, second)
+    assert registry.match("user.created", "event") == (first, second)
+
+
+def test_equal_callables_are_duplicates_as_they_were_before_the_trie(registry: Registry) -> None:
+    # Bound methods of one object compare equal without being the same object.
+    inbox = Inbox()
+    registry.add("user.created", inbox.__call__)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add("user.created", inbox.__call__)
+    registry.add("user.created", Inbox().__call__)
+    assert len(registry) == 2
+
+
+def test_match_of_an_unknown_kind_is_empty(registry: Registry) -> None:
+    registry.add("#", on_user)
+    assert registry.match("a", "cast") == ()  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("fn", "data_type"),
     [
@@ -246,7 +282,7 @@ def test_match_cache_stays_bounded(registry: Registry) -> None:
     registry.add("#", on_user)
     for i in range(registry_module._CACHE_SIZE + 10):
         assert len(registry.match(f"topic.{i}", "event")) == 1
-    assert len(registry._state[1]) <= registry_module._CACHE_SIZE
+    assert len(registry._state.cache) <= registry_module._CACHE_SIZE
 
 
 class Numbered:
@@ -292,6 +328,48 @@ def test_matching_from_many_threads_while_adding_is_safe(registry: Registry) -> 
     assert errors == []
     assert seen == []
     assert _numbers(registry.match("user.created", "event")) == list(range(300))
+
+
+def test_matches_taken_before_a_clear_do_not_leak_into_the_cleared_registry(registry: Registry) -> None:
+    # Given a registry whose match is cached
+    registry.add("user.*", on_user)
+    assert len(registry.match("user.created", "event")) == 1
+    # When it is cleared and another handler is added
+    registry.clear()
+    again = registry.add("user.#", on_anything)
+    # Then only the new handler matches
+    assert registry.match("user.created", "event") == (again,)
+    assert registry.handlers == (again,)
+
+
+# Tiny alphabets make shared prefixes, wildcard overlaps and so matches likely; "" is an empty word.
+_PATTERN_WORDS = st.sampled_from(["a", "b", "", "*", "#", "ü", "ab"])
+_TOPIC_WORDS = st.sampled_from(["a", "b", "", "ü", "ab", "*", "#"])
+_PATTERNS = st.lists(_PATTERN_WORDS, min_size=1, max_size=6).map(".".join).filter(bool)
+_TOPICS = st.one_of(st.just(""), st.lists(_TOPIC_WORDS, min_size=1, max_size=7).map(".".join))
+_KIND_NAMES: tuple[Kind, ...] = ("call", "event")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    registrations=st.lists(st.tuples(_PATTERNS, st.sampled_from(_KIND_NAMES)), min_size=1, max_size=25),
+    topics=st.lists(_TOPICS, min_size=1, max_size=8),
+)
+def test_match_agrees_with_topic_matches_over_random_patterns_and_topics(
+    registrations: list[tuple[str, Kind]], topics: list[str]
+) -> None:
+    # Given random patterns, repeats included, each with its own handler
+    registry = Registry()
+    for n, (pattern, kind) in enumerate(registrations):
+        registry.add(pattern, Numbered(n), kind=kind)
+    # Then each topic selects the handlers a scan with topic_matches selects, in registration order
+    for topic in topics:
+        for kind in _KIND_NAMES:
+            expected = tuple(
+                h for h in registry.handlers if h.kind == kind and topic_matches(h.pattern, topic)
+            )
+            assert registry.match(topic, kind) == expected
+            assert registry.match(topic, kind) == expected  # and so does the cached answer
 
 
 def test_module_subscribe_registers_on_the_default_registry(restored_default_registry: Registry) -> None:

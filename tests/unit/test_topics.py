@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tchu_rpc.errors import TopicError
-from tchu_rpc.registry import default_kind, topic_matches, validate_pattern, validate_topic, words
+from tchu_rpc.registry import (
+    Registry,
+    default_kind,
+    topic_matches,
+    validate_pattern,
+    validate_topic,
+    words,
+)
 
 # (pattern, topic, matches). Rows about empty words and the empty key were checked on RabbitMQ 3.10;
 # tests/integration/test_topic_routing_broker.py checks the same rules against the running broker.
@@ -121,6 +130,37 @@ def test_many_hashes_match_in_polynomial_time() -> None:
     assert not topic_matches(pattern, ".".join(["a"] * 200 + ["y"]))
 
 
+def _registrable(pattern: str) -> bool:
+    try:
+        validate_pattern(pattern)
+    except TopicError:
+        return False
+    return True
+
+
+def test_registry_match_agrees_with_the_match_table() -> None:
+    # Given every registrable pattern of the table, each with its own handler, in table order
+    registry = Registry()
+    patterns = [p for p in dict.fromkeys(p for p, _, _ in MATCH_TABLE) if _registrable(p)]
+    for pattern in patterns:
+        registry.add(pattern, lambda data: None, kind="event")
+    # Then each topic selects exactly the patterns the table says, in registration order
+    for topic in dict.fromkeys(topic for _, topic, _ in MATCH_TABLE):
+        expected = [pattern for pattern in patterns if topic_matches(pattern, topic)]
+        assert [h.pattern for h in registry.match(topic, "event")] == expected
+    for pattern, topic, matches in MATCH_TABLE:
+        if pattern in patterns:
+            assert (pattern in [h.pattern for h in registry.match(topic, "event")]) is matches
+
+
+@pytest.mark.timeout(5)
+def test_registry_match_with_many_hashes_is_polynomial() -> None:
+    registry = Registry()
+    registry.add(".".join(["#"] * 40 + ["x"]), lambda data: None, kind="event")
+    assert len(registry.match(".".join(["a"] * 200 + ["x"]), "event")) == 1
+    assert registry.match(".".join(["a"] * 200 + ["y"]), "event") == ()
+
+
 @pytest.mark.parametrize(
     ("topic", "expected"),
     [("", []), ("a", ["a"]), ("a.b", ["a", "b"]), (".", ["", ""]), ("a..b", ["a", "", "b"])],
@@ -213,6 +253,61 @@ def test_validate_topic_returns_valid_topics(topic: str) -> None:
 def test_validate_topic_rejects_with_a_message_naming_the_topic(topic: object, message: str) -> None:
     with pytest.raises(TopicError, match=message):
         validate_topic(topic)  # type: ignore[arg-type]
+
+
+# (key, message): whitespace as str.isspace knows it, and C0, DEL and C1 control characters.
+UNPRINTABLE_KEYS = [
+    ("user created", "contains whitespace (' ' at index 4)"),
+    ("user.created ", "contains whitespace (' ' at index 12)"),
+    (" user", "contains whitespace (' ' at index 0)"),
+    ("user\tcreated", "contains whitespace ('\\t' at index 4)"),
+    ("user.created\n", "contains whitespace ('\\n' at index 12)"),
+    ("user\r.x", "contains whitespace ('\\r' at index 4)"),
+    ("a\x0bb", "contains whitespace ('\\x0b' at index 1)"),
+    ("a\x0cb", "contains whitespace ('\\x0c' at index 1)"),
+    ("a\u00a0b", "contains whitespace ('\\xa0' at index 1)"),
+    ("a\u2028b", "contains whitespace ('\\u2028' at index 1)"),
+    ("a\u3000b", "contains whitespace ('\\u3000' at index 1)"),
+    ("a\x00b", "contains a control character ('\\x00' at index 1)"),
+    ("\x01", "contains a control character ('\\x01' at index 0)"),
+    ("a.\x1bb", "contains a control character ('\\x1b' at index 2)"),
+    ("a\x7f", "contains a control character ('\\x7f' at index 1)"),
+    ("a\x80", "contains a control character ('\\x80' at index 1)"),
+    ("a\x9f", "contains a control character ('\\x9f' at index 1)"),
+]
+
+
+@pytest.mark.parametrize(("topic", "message"), UNPRINTABLE_KEYS)
+def test_validate_topic_rejects_whitespace_and_control_characters(topic: str, message: str) -> None:
+    with pytest.raises(TopicError) as raised:
+        validate_topic(topic)
+    assert str(raised.value).startswith(f"topic {topic!r} {message}: ")
+    assert "must not contain whitespace or control characters" in str(raised.value)
+
+
+@pytest.mark.parametrize(("pattern", "message"), UNPRINTABLE_KEYS)
+def test_validate_pattern_rejects_whitespace_and_control_characters(pattern: str, message: str) -> None:
+    with pytest.raises(TopicError) as raised:
+        validate_pattern(pattern)
+    assert str(raised.value).startswith(f"pattern {pattern!r} {message}: ")
+
+
+@pytest.mark.parametrize("pattern", ["user.* ", "#\t", "a.\x00.#", "*.\x85"])
+def test_validate_pattern_rejects_whitespace_beside_wildcards(pattern: str) -> None:
+    with pytest.raises(TopicError, match=r"whitespace|control character"):
+        validate_pattern(pattern)
+
+
+def test_validate_topic_reports_the_first_unprintable_character() -> None:
+    with pytest.raises(TopicError, match=re.escape("contains a control character ('\\x00' at index 1)")):
+        validate_topic("a\x00 b\n")
+
+
+@pytest.mark.parametrize("key", ["a\u200bb", "ünï.cødé", "a~b!c@d$e%f^g&h(i)j", "日本.東京", "a\u00adb"])
+def test_printable_characters_beyond_ascii_are_accepted(key: str) -> None:
+    # Format characters such as a zero-width space (Cf) are neither whitespace nor control characters.
+    assert validate_topic(key) == key
+    assert validate_pattern(key) == key
 
 
 def test_topic_error_is_a_value_error() -> None:

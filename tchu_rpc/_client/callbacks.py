@@ -1,0 +1,68 @@
+"""Run the user's callbacks on a thread of their own, never on a thread that serves the connection.
+
+A future's done-callbacks run on the thread that settles it, and that thread reads the client's
+connection (its I/O thread, or a caller reading its own reply). A callback that blocks there (a
+call on the same client, a slow write) would stall every call of the client. So the futures a
+`Client` returns hand their done-callbacks to a `Callbacks` thread, as `on_progress` callbacks are:
+callbacks run one at a time, in the order their futures settled; one that blocks delays later ones,
+never the connection.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+from tchu_rpc.log import logger
+
+
+class Callbacks:
+    """Run callbacks in order on one daemon thread, started on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the callback thread; an exception it raises is logged."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                    self._thread.start()
+        self._jobs.put((fn, args))
+
+    def close(self) -> None:
+        """Let the thread run what is queued, then exit; do not wait for it."""
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args = job
+            try:
+                fn(*args)
+            except Exception as exc:  # the user's code: report it, serve the next one
+                logger.warning(
+                    "callback_failed",
+                    callback=getattr(fn, "__qualname__", repr(fn)),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+
+
+class CallFuture(futures.Future[Any]):
+    """A future whose done-callbacks run on its client's callback thread (see `Callbacks`)."""
+
+    def __init__(self, callbacks: Callbacks) -> None:
+        super().__init__()
+        self._callbacks = callbacks
+
+    def add_done_callback(self, fn: Callable[[futures.Future[Any]], object]) -> None:
+        """Run `fn(future)` on the client's callback thread once the future is done."""
+        super().add_done_callback(lambda future: self._callbacks.run(fn, future))
