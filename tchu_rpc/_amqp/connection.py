@@ -37,7 +37,6 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
 
 def open_connection(settings: Settings) -> Connection:
     """Return a connected kombu connection built from `settings`."""
-    properties.install()  # a message whose properties are not UTF-8 must not fail the connection
     conn = Connection(
         settings.broker_url,
         heartbeat=settings.heartbeat or None,
@@ -53,6 +52,8 @@ def open_connection(settings: Settings) -> Connection:
         raise ConnectionLost(
             f"cannot connect to {mask_url(settings.broker_url)}: {exc or type(exc).__name__}"
         ) from exc
+    if is_amqp(conn):
+        properties.tolerate(conn.connection)  # a message with non-UTF-8 properties must not fail it
     return conn
 
 

@@ -24,12 +24,32 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from typing import Any
+from typing import Any, Final
 
 from amqp.serialization import dumps
 
-from tchu_rpc._amqp.properties import FIELDS, MAX_SHORTSTR
 from tchu_rpc.errors import ConnectionLost
+
+#: The longest AMQP short string, in bytes.
+MAX_SHORTSTR: Final = 255
+#: AMQP 0-9-1 basic properties in flag order: (flag, name, kind); s = short string, B = octet,
+#: Q = 64-bit timestamp, F = field table.
+FIELDS: Final = (
+    (0x8000, "content_type", "s"),
+    (0x4000, "content_encoding", "s"),
+    (0x2000, "application_headers", "F"),
+    (0x1000, "delivery_mode", "B"),
+    (0x0800, "priority", "B"),
+    (0x0400, "correlation_id", "s"),
+    (0x0200, "reply_to", "s"),
+    (0x0100, "expiration", "s"),
+    (0x0080, "message_id", "s"),
+    (0x0040, "timestamp", "Q"),
+    (0x0020, "type", "s"),
+    (0x0010, "user_id", "s"),
+    (0x0008, "app_id", "s"),
+    (0x0004, "cluster_id", "s"),
+)
 
 #: At most this much per read: a 1 MB message takes several turns of the loop, and a read of many
 #: small frames copies what follows each frame once (see `read_frames`).
@@ -111,6 +131,15 @@ def publish_frames(
 ) -> bytes:
     """Return the frames of a `basic.publish` of `body` with AMQP `properties` (py-amqp's names)."""
     method = _PUBLISH + _shortstr(exchange) + _shortstr(routing_key) + (b"\x01" if mandatory else b"\x00")
+    header = content_header(len(body), properties)
+    frames = [_frame(1, channel, method), _frame(2, channel, header)]
+    size = frame_max - 8
+    frames += [_frame(3, channel, body[i : i + size]) for i in range(0, len(body), size)]
+    return b"".join(frames)
+
+
+def content_header(body_size: int, properties: dict[str, Any]) -> bytes:
+    """Return the payload of a basic content header frame: body size and AMQP `properties`."""
     flags = 0
     values = []
     for flag, name, kind in FIELDS:
@@ -118,11 +147,7 @@ def publish_frames(
         if value is not None:
             flags |= flag
             values.append(_property(kind, value))
-    header = _CONTENT_HEADER.pack(60, 0, len(body), flags) + b"".join(values)
-    frames = [_frame(1, channel, method), _frame(2, channel, header)]
-    size = frame_max - 8
-    frames += [_frame(3, channel, body[i : i + size]) for i in range(0, len(body), size)]
-    return b"".join(frames)
+    return _CONTENT_HEADER.pack(60, 0, body_size, flags) + b"".join(values)
 
 
 def ack_frame(channel: int, delivery_tag: int) -> bytes:

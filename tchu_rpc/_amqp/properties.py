@@ -3,14 +3,12 @@
 py-amqp decodes a message's short-string properties (content type, correlation id, ...) as strict
 UTF-8 while it parses the frame, so one message with a stray byte there makes `drain_events` raise:
 the connection drops before any consumer sees the message, and the broker redelivers it after every
-reconnection, for ever on a classic queue (the same class of bug as py-amqp#323). `install()` makes
-py-amqp fall back, for such a message only, to a parser that keeps the undecodable bytes as lone
-surrogates (`surrogateescape`) and says what it could not decode in the message's `MALFORMED`
-header, by which the worker dead-letters the message (`Worker._receive`). `printable` turns such a
-value back into text that can be published and logged.
-
-It is process-wide (py-amqp keeps its property parsers in a module table) and only changes what
-happens to frames that would otherwise have failed the connection.
+reconnection, for ever on a classic queue (the same class of bug as py-amqp#323). `tolerate(conn)`
+wraps one py-amqp connection's frame handler: a content header that fails to decode is decoded again
+leniently (`decode`), its undecodable bytes spelled `\\xNN` (`printable`), what could not be decoded
+said in the `HEADER_MALFORMED` header, and handed to py-amqp again; the worker dead-letters such a
+message (`Worker._receive`). Only tchu_rpc's own connections are touched: py-amqp's module tables
+stay as they are, so any other connection in the process decodes exactly as without tchu_rpc.
 """
 
 from __future__ import annotations
@@ -19,39 +17,42 @@ from struct import unpack_from
 from typing import Any, Final
 
 from amqp import serialization
-from amqp.spec import Basic
 
+from tchu_rpc._amqp.frames import FIELDS, MAX_SHORTSTR, content_header
 from tchu_rpc.wire import HEADER_MALFORMED
+
+#: Where the properties start in a content header frame (class, weight, body size come first).
+_HEADER_PROPERTIES: Final = 12
 
 #: Header set (alone) when a message's header table could not be decoded.
 MALFORMED: Final = HEADER_MALFORMED
-#: The longest AMQP short string, in bytes.
-MAX_SHORTSTR: Final = 255
 
-#: AMQP 0-9-1 basic properties in flag order: (flag, name, kind); s = short string, B = octet,
-#: Q = 64-bit timestamp, F = field table. Also what `frames` encodes.
-FIELDS: Final = (
-    (0x8000, "content_type", "s"),
-    (0x4000, "content_encoding", "s"),
-    (0x2000, "application_headers", "F"),
-    (0x1000, "delivery_mode", "B"),
-    (0x0800, "priority", "B"),
-    (0x0400, "correlation_id", "s"),
-    (0x0200, "reply_to", "s"),
-    (0x0100, "expiration", "s"),
-    (0x0080, "message_id", "s"),
-    (0x0040, "timestamp", "Q"),
-    (0x0020, "type", "s"),
-    (0x0010, "user_id", "s"),
-    (0x0008, "app_id", "s"),
-    (0x0004, "cluster_id", "s"),
-)
 _strict = serialization.decode_properties_basic
 
 
-def install() -> None:
-    """Make py-amqp parse basic properties with `decode`; safe to call again."""
-    serialization.PROPERTY_CLASSES[Basic.CLASS_ID] = decode
+def tolerate(connection: Any) -> None:
+    """Make py-amqp `connection` take messages whose properties are not UTF-8 (see the module)."""
+    strict = connection.on_inbound_frame
+
+    def on_inbound_frame(frame: tuple[int, int, Any]) -> Any:
+        try:
+            return strict(frame)
+        except UnicodeDecodeError:
+            frame_type, channel, buf = frame
+            if frame_type != 2:
+                raise
+            # py-amqp keeps the message waiting for its header: the same header, made decodable
+            return strict((2, channel, _decodable(buf)))
+
+    connection.on_inbound_frame = on_inbound_frame
+
+
+def _decodable(buf: bytes) -> bytes:
+    props, _ = _tolerant(buf, _HEADER_PROPERTIES)
+    for name, value in props.items():
+        props[name] = printable(value)
+    (body_size,) = unpack_from(">Q", buf, 4)
+    return content_header(body_size, props)
 
 
 def decode(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+from types import SimpleNamespace
 from typing import Any
 
 import amqp
+import pytest
 from amqp import serialization
+from amqp.method_framing import frame_handler
 
 from tchu_rpc._amqp import properties
 
@@ -56,11 +60,47 @@ def test_printable_leaves_valid_text_and_other_values_alone() -> None:
     assert properties.printable(5) == 5
 
 
-def test_install_makes_py_amqp_use_the_tolerant_parser() -> None:
-    properties.install()
-    message = amqp.Message()
-    message._load_properties(60, _frame(content_type=b"\xff"), 0)
-    assert properties.MALFORMED in message.properties["application_headers"]
+def _deliver(on_frame: Any, header_properties: bytes) -> None:
+    """Feed one basic.deliver of a 4-byte body through a py-amqp frame handler."""
+    on_frame((1, 1, struct.pack(">HH", 60, 60)))  # its arguments are parsed later, by the channel
+    on_frame((2, 1, struct.pack(">HHQ", 60, 0, 4) + header_properties))
+    on_frame((3, 1, b"body"))
+
+
+def _connection(delivered: list[Any]) -> Any:
+    """A py-amqp frame handler as a connection has it, delivering whole messages to `delivered`."""
+    conn = SimpleNamespace(bytes_recv=0)
+    conn.on_inbound_frame = frame_handler(conn, lambda channel, sig, args, msg: delivered.append(msg))
+    return conn
+
+
+def test_a_tolerant_connection_takes_a_header_that_is_not_utf8_and_marks_the_message() -> None:
+    # Given a connection's frame handler made tolerant
+    delivered: list[Any] = []
+    conn = _connection(delivered)
+    properties.tolerate(conn)
+
+    # When a message arrives whose content type is not UTF-8, then a valid one
+    _deliver(conn.on_inbound_frame, _frame(content_type=b"app/\xff", delivery_mode=2))
+    _deliver(conn.on_inbound_frame, _frame(content_type="application/json"))
+
+    # Then both are delivered: the first spelled out and marked, the second as sent
+    bad, good = delivered
+    assert bad.properties["content_type"] == "app/\\xff"
+    assert bad.properties["delivery_mode"] == 2
+    assert "content_type" in bad.properties["application_headers"][properties.MALFORMED]
+    assert bad.body == b"body"
+    assert good.properties == {"content_type": "application/json"}
+
+
+def test_tolerating_one_connection_leaves_py_amqp_strict_for_every_other() -> None:
+    # Given one tolerant connection
+    properties.tolerate(_connection([]))
+
+    # Then py-amqp's own tables are untouched, and another connection still fails on such a header
+    assert serialization.PROPERTY_CLASSES[60] is serialization.decode_properties_basic
+    with pytest.raises(UnicodeDecodeError):
+        _deliver(_connection([]).on_inbound_frame, _frame(content_type=b"\xff"))
 
 
 def test_printable_cuts_a_spelled_out_property_to_fit_a_short_string() -> None:
