@@ -163,7 +163,7 @@ class Client:
     def _wait(self, pending: Pending, topic: str) -> Any:
         # Alone in flight, the caller reads its own outcome (`LeadingLoop.lead`): no hand-over from the I/O
         # thread. With others in flight, the I/O thread serves them all.
-        if len(self._inflight) == 1:
+        if len(self._inflight) == 1 and self._loop.fast:
             self._loop.lead(pending.future.done)
         else:
             self._loop.resume()
@@ -220,7 +220,7 @@ class Client:
             topology.calls_exchange(self.settings),
         ):
             exchange(channel).declare()
-        self._publisher = Publisher(conn, channel, on_return=self._returned)
+        self._publisher = Publisher(conn, channel, on_return=self._returned, fast=self._loop.fast)
         if is_amqp(conn):
             queue = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
         else:

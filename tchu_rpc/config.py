@@ -70,6 +70,13 @@ class Settings:
     reply_cache_url: str | None = None
     #: How long a worker's reply cache keeps a reply, in seconds.
     reply_cache_ttl: float = 3600.0
+    #: Take the fast path: read and write the usual frames below py-amqp, let a caller alone in
+    #: flight read its own reply, run a call handler on the worker's I/O thread when it has one call
+    #: thread, and settle calls as transactions. Off: py-amqp's and kombu's public reads and writes
+    #: only, replies read by the I/O thread, handlers on their lane, and a call's ack sent once its
+    #: reply is confirmed. The library turns it off by itself (log `fast_path_disabled`) when the
+    #: installed py-amqp lacks an internal it needs.
+    fast_path: bool = True
     #: TLS: CA bundle that signs the broker's certificate (default: the system's CAs).
     tls_ca_file: str | None = None
     #: TLS client certificate and its private key, for brokers that ask for one.

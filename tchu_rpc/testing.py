@@ -78,7 +78,9 @@ class TchuFactory:
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
         self.prefix = f"t{uuid.uuid4().hex[:10]}"
-        self.settings = Settings(
+        # From the environment too, so that a run of the suite can turn a setting off for every test
+        # (`TCHU_RPC_FAST_PATH=0`, see scripts/test); what is given here wins.
+        self.settings = Settings.from_env(
             broker_url=broker_url,
             events_exchange=f"{self.prefix}.events",
             calls_exchange=f"{self.prefix}.calls",

@@ -214,7 +214,11 @@ class Worker:
         # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
         # mostly acked with nothing to publish, need no round trip for that.
         self._settler.publishers[kind] = Publisher(
-            conn, channel, on_return=self._settler.returned, transactional=kind == "call"
+            conn,
+            channel,
+            on_return=self._settler.returned,
+            transactional=kind == "call",
+            fast=self._loop.fast,
         )
         consumer = Consumer(
             channel,
@@ -245,7 +249,7 @@ class Worker:
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
                 # its handler starts at once (timing it from the handler thread would wake this one).
                 self._limits.start(job, time.monotonic())
-                if self.settings.call_concurrency == 1 and not self._loop.away:
+                if self.settings.call_concurrency == 1 and self._loop.fast and not self._loop.away:
                     # No hand-over for the usual short call: the I/O thread runs it after its reads,
                     # and a standby thread keeps the connection served if it runs long.
                     self._loop.defer(partial(self._handle, job), partial(self._settler.abandon, job))

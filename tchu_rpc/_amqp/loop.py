@@ -23,6 +23,7 @@ from typing import Any
 
 from kombu import Connection
 
+from tchu_rpc._amqp import internals
 from tchu_rpc._amqp.connection import open_connection
 from tchu_rpc._amqp.frames import can_read, read_frames
 from tchu_rpc.config import Settings
@@ -64,6 +65,9 @@ class Loop:
         # kept per connection, since each access through kombu verifies the connection again.
         self._amqp: Any = None
         self.socket: Any = None
+        #: Whether this connection takes the fast path (`Settings.fast_path`, and py-amqp has what it
+        #: needs): frames read and written below py-amqp, and the shortcuts of the subclasses.
+        self.fast = False
         self.generation = 0
         self._on_connect = on_connect
         self._on_lost = on_lost
@@ -203,6 +207,7 @@ class Loop:
             self.connection = open_connection(self.settings)
             self._amqp = self.connection.connection
             self.socket = getattr(self._amqp, "sock", None)
+            self.fast = self.settings.fast_path and self.socket is not None and internals.usable(self._amqp)
             self.generation += 1
             self._next_heartbeat = 0.0
             logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
@@ -322,7 +327,7 @@ class Loop:
             raise ConnectionLost("the connection closed")
 
     def _drain(self, sock: Any) -> None:
-        if can_read(sock):
+        if self.fast and can_read(sock):
             read_frames(self._amqp, sock)  # one `recv` for all that is waiting (`frames`)
             return
         # Through py-amqp, which buffers nothing beyond the message it reads but what a TLS socket

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import amqp
 from amqp import spec
 from kombu import Connection, Producer
 
@@ -38,18 +39,26 @@ class Publisher:
     """Publish messages on a channel and track the broker's confirms or commits.
 
     With `transactional`, the channel is in transaction mode (AMQP only): use `transact`, and
-    `publish` commits each message by itself.
+    `publish` commits each message by itself. Without `fast`, frames go out through py-amqp's public
+    `basic_publish` and `basic_ack`, and the channel confirms instead of committing (py-amqp has no
+    public hook for a commit-ok it did not wait for).
     """
 
     def __init__(
-        self, conn: Connection, channel: Any, on_return: OnReturn, transactional: bool = False
+        self,
+        conn: Connection,
+        channel: Any,
+        on_return: OnReturn,
+        transactional: bool = False,
+        fast: bool = True,
     ) -> None:
         self.channel = channel
         amqp_conn = is_amqp(conn)
         # Only a virtual transport publishes through kombu (no confirms, no transactions there).
         self._virtual = None if amqp_conn else Producer(channel, auto_declare=False)
-        self._confirming = amqp_conn and not transactional
-        self.transactional = amqp_conn and transactional
+        self._fast = fast
+        self.transactional = amqp_conn and transactional and fast
+        self._confirming = amqp_conn and not self.transactional
         self._seq = 0
         self._waiting: dict[int, OnConfirm] = {}
         self._on_return = on_return
@@ -96,10 +105,15 @@ class Publisher:
             properties["expiration"] = str(int(expiration * 1000))
         properties["application_headers"] = properties.pop("headers", None)
         channel = self.channel
-        frame_max = channel.connection.frame_max
-        self._write(
-            publish_frames(channel.channel_id, frame_max, exchange, routing_key, mandatory, body, properties)
-        )
+        if self._fast:
+            frame_max = channel.connection.frame_max
+            frames = publish_frames(
+                channel.channel_id, frame_max, exchange, routing_key, mandatory, body, properties
+            )
+            self._write(frames)
+        else:
+            message = amqp.Message(body, **{k: v for k, v in properties.items() if v is not None})
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key, mandatory=mandatory)
         if self._confirming:
             self._seq += 1
             if on_confirm is not None:
@@ -122,7 +136,7 @@ class Publisher:
 
     def ack(self, message: Any) -> None:
         """Ack `message`, a delivery on this publisher's channel (with its transaction's frames)."""
-        if self._virtual is not None:
+        if self._virtual is not None or not self._fast:
             message.ack()
         else:
             self._write(ack_frame(message.channel.channel_id, message.delivery_tag))

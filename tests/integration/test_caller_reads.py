@@ -67,8 +67,8 @@ def started() -> dict[str, threading.Event]:
 
 def _connected(tchu: TchuFactory, registry: Registry, **worker_overrides: Any) -> Client:
     """Start a worker, and a client without heartbeats that has connected by one call."""
-    tchu.worker(registry, **worker_overrides)
-    client = tchu.client(heartbeat=0)
+    tchu.worker(registry, fast_path=True, **worker_overrides)
+    client = tchu.client(heartbeat=0, fast_path=True)  # the shortcut under test is the fast path's
     assert client.call("rpc.lead.echo", 0, timeout=WAIT) == 0  # connects (the I/O thread does that)
     return client
 
@@ -130,7 +130,7 @@ def test_call_async_after_a_lead_is_answered_though_the_io_thread_lingers(
 ) -> None:
     # Given a client whose I/O thread parked after a caller led the connection
     tchu.worker(_registry(gates, started))
-    client = tchu.client(heartbeat=0)
+    client = tchu.client(heartbeat=0, fast_path=True)  # the shortcut under test is the fast path's
     assert client.call("rpc.lead.echo", 1, timeout=WAIT) == 1
 
     # When a call is made that nobody waits for on its thread
@@ -148,7 +148,7 @@ def test_an_event_published_after_a_lead_is_confirmed(tchu: TchuFactory, parked_
         return data
 
     tchu.worker(registry)
-    client = tchu.client(heartbeat=0)
+    client = tchu.client(heartbeat=0, fast_path=True)  # the shortcut under test is the fast path's
     assert client.call("rpc.lead.echo", 1, timeout=WAIT) == 1
 
     # When an event is published (its publisher leads too, until the broker's confirm)

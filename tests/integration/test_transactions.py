@@ -157,3 +157,20 @@ def test_stop_after_calls_cancels_at_once_without_waiting_out_the_grace(tchu: Tc
     # Then the grace never ran out (a cancel sent while a commit is under way, or held back with
     # the commit's frames, would close the channel or wait for an answer that never comes)
     assert "shutdown_grace_expired" not in [entry["event"] for entry in logs]
+
+
+def test_without_the_fast_path_calls_are_settled_through_py_amqps_public_api(tchu: TchuFactory) -> None:
+    # Given a worker and a client with the fast path off
+    registry = Registry()
+    registry.subscribe("rpc.public.echo")(lambda data: data)
+    worker = tchu.worker(registry, fast_path=False)
+    client = tchu.client(fast_path=False)
+
+    # When calls are made, one at a time and several at once
+    assert client.call("rpc.public.echo", 1, timeout=5) == 1
+    futures = [client.call_async("rpc.public.echo", n, timeout=5) for n in range(20)]
+
+    # Then each is answered, and neither side took the fast path: no transactions, no own frames
+    assert [f.result(timeout=10) for f in futures] == list(range(20))
+    assert not worker._loop.fast and not client._loop.fast
+    assert not worker._settler.publishers["call"].transactional
