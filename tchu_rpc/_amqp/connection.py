@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import queue
 import ssl
+import threading
 from typing import Any
 
 from kombu import Connection
@@ -36,25 +38,78 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
 
 
 def open_connection(settings: Settings) -> Connection:
-    """Return a connected kombu connection built from `settings`."""
-    conn = Connection(
-        settings.broker_url,
-        heartbeat=settings.heartbeat or None,
-        connect_timeout=settings.connect_timeout,
-        ssl=tls_options(settings) or False,
-        # A virtual transport's polling interval is set by the I/O loop before each drain.
-        transport_options={"write_timeout": max(settings.connect_timeout, 10.0)},
-    )
-    try:
-        conn.connect()
-    except Exception as exc:
-        conn.release()
-        raise ConnectionLost(
-            f"cannot connect to {mask_url(settings.broker_url)}: {exc or type(exc).__name__}"
-        ) from exc
-    if is_amqp(conn):
-        properties.tolerate(conn.connection)  # a message with non-UTF-8 properties must not fail it
-    return conn
+    """Return a connected kombu connection built from `settings`, within a bounded time.
+
+    Every step is bounded: the name lookup and the TCP connect and handshake by `connect_time`
+    (the lookup has no timeout of its own, so the attempt runs on a helper thread that is left
+    behind if it hangs, and closes what it opened late), and every later wait for the broker (a
+    declaration, a `basic.cancel`) by the socket's read and write timeouts.
+    """
+    attempt = _Attempt(settings)
+    threading.Thread(target=attempt.run, name="tchu-connect", daemon=True).start()
+    return attempt.result(connect_time(settings))
+
+
+def connect_time(settings: Settings) -> float:
+    """Return the longest a connection attempt may take: lookup, TCP connect, AMQP handshake."""
+    return 2 * settings.connect_timeout + 1.0
+
+
+class _Attempt:
+    """One connection attempt on a helper thread, whose result the I/O thread waits for."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._outcome: queue.SimpleQueue[Connection | BaseException] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def result(self, timeout: float) -> Connection:
+        try:
+            outcome = self._outcome.get(timeout=timeout)
+        except queue.Empty:
+            with self._lock:
+                self._abandoned = True
+            outcome = TimeoutError(f"no connection within {timeout:g} s (name lookup, TCP or handshake)")
+        if isinstance(outcome, BaseException):
+            where = mask_url(self.settings.broker_url)
+            raise ConnectionLost(
+                f"cannot connect to {where}: {outcome or type(outcome).__name__}"
+            ) from outcome
+        return outcome
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            self._outcome.put(exc)
+            return
+        with self._lock:
+            late = self._abandoned
+            if not late:
+                self._outcome.put(conn)
+        if late:
+            conn.release()  # nobody waits for it any more
+
+    def _connect(self) -> Connection:
+        settings = self.settings
+        bound = max(settings.connect_timeout, 10.0)
+        conn = Connection(
+            settings.broker_url,
+            heartbeat=settings.heartbeat or None,
+            connect_timeout=settings.connect_timeout,
+            ssl=tls_options(settings) or False,
+            # A virtual transport's polling interval is set by the I/O loop before each drain.
+            transport_options={"write_timeout": bound, "read_timeout": bound},
+        )
+        try:
+            conn.connect()
+        except Exception:
+            conn.release()
+            raise
+        if is_amqp(conn):
+            properties.tolerate(conn.connection)  # a message with non-UTF-8 properties must not fail it
+        return conn
 
 
 def is_amqp(conn: Connection) -> bool:
