@@ -11,10 +11,8 @@ itself (`LeadingLoop.lead`); otherwise the I/O thread reads replies and wakes th
 from __future__ import annotations
 
 import math
-import os
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from concurrent import futures
 from functools import partial
@@ -26,6 +24,7 @@ from tchu_rpc import topology, wire
 from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._client import forks
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, checked_timeout, wait
 from tchu_rpc._client.replies import on_reply
@@ -33,12 +32,6 @@ from tchu_rpc.config import Settings
 from tchu_rpc.errors import CallTimeout, ConnectionLost, NoRoute, PublishFailed, TchuError
 from tchu_rpc.log import mask_url
 from tchu_rpc.registry import validate_topic
-
-#: Every live client, so that a forked child gives each a fresh connection (`_after_fork`).
-_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
-#: A forked child's copies of its parent's connections: kept, never used nor collected, since
-#: closing them could write on the parent's sockets.
-_PARENTS_CONNECTIONS: list[Any] = []
 
 
 class Client:
@@ -55,7 +48,7 @@ class Client:
         self._codec = wire.codec_for(self.settings.serializer)
         self._closed = False
         self._fresh()
-        _CLIENTS.add(self)
+        forks.follow(self)
 
     def _fresh(self) -> None:
         """Start with nothing in flight and a loop that connects on first use."""
@@ -75,7 +68,7 @@ class Client:
 
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connection and calls; connect anew on first use."""
-        _PARENTS_CONNECTIONS.append(self._loop)
+        forks.keep(self._loop)
         self._fresh()
 
     # -- public API ---------------------------------------------------------------------------
@@ -203,8 +196,7 @@ class Client:
         message_id = uuid.uuid4().hex
         future = CallFuture(self._callbacks)
         now = time.monotonic()
-        deadline = now + timeout
-        latest = now + max_timeout
+        deadline, latest = now + timeout, now + max_timeout
         pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
         self._inflight.add(message_id, pending)
         self._watchdog.watch(deadline)
@@ -215,23 +207,14 @@ class Client:
     # -- the I/O thread -----------------------------------------------------------------------
     def _connected(self, conn: Connection) -> None:
         channel = conn.channel()
-        for exchange in (
-            topology.events_exchange(self.settings),
-            topology.calls_exchange(self.settings),
-        ):
-            exchange(channel).declare()
+        for exchange in (topology.events_exchange, topology.calls_exchange):
+            exchange(self.settings)(channel).declare()
         self._publisher = Publisher(conn, channel, on_return=self._returned, fast=self._loop.fast)
-        if is_amqp(conn):
-            queue = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
-        else:
-            queue = topology.reply_queue()
-        consumer = Consumer(
-            channel,
-            queues=[queue],
-            no_ack=True,
-            on_message=partial(on_reply, self._inflight, self._callbacks),
-        )
-        consumer.consume()
+        # Direct reply-to needs no queue; a virtual transport (memory://) gets a private one.
+        direct = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
+        queue = direct if is_amqp(conn) else topology.reply_queue()
+        on_message = partial(on_reply, self._inflight, self._callbacks)
+        Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
         self._reply_to = queue.name
         for message_id, pending in self._inflight.items():
             if not pending.sent:
@@ -245,36 +228,21 @@ class Client:
         remaining = pending.deadline - time.monotonic()
         if remaining <= 0:
             return  # the tick expires it
+        codec = self._codec
         headers: dict[str, Any] = {wire.HEADER_VERSION: wire.PROTOCOL_VERSION}
+        props: dict[str, Any] = {
+            "content_type": codec.content_type,
+            "content_encoding": codec.content_encoding,
+        }
         if pending.kind == "call":
-            headers[wire.HEADER_TIMEOUT] = remaining
-            publisher.publish(
-                pending.body,
-                exchange=self.settings.calls_exchange,
-                routing_key=pending.topic,
-                on_confirm=partial(self._confirmed, message_id),
-                mandatory=True,
-                delivery_mode=1,
-                expiration=remaining,
-                reply_to=self._reply_to,
-                correlation_id=message_id,
-                message_id=message_id,
-                content_type=self._codec.content_type,
-                content_encoding=self._codec.content_encoding,
-                headers=headers,
-            )
+            headers[wire.HEADER_TIMEOUT] = remaining  # relative: no clocks are compared (`delivery_of`)
+            props.update(exchange=self.settings.calls_exchange, mandatory=True, delivery_mode=1)
+            props.update(expiration=remaining, reply_to=self._reply_to, correlation_id=message_id)
         else:
-            publisher.publish(
-                pending.body,
-                exchange=self.settings.events_exchange,
-                routing_key=pending.topic,
-                on_confirm=partial(self._confirmed, message_id),
-                delivery_mode=2,
-                message_id=message_id,
-                content_type=self._codec.content_type,
-                content_encoding=self._codec.content_encoding,
-                headers=headers,
-            )
+            props.update(exchange=self.settings.events_exchange, delivery_mode=2)
+        on_confirm = partial(self._confirmed, message_id)
+        props.update(routing_key=pending.topic, message_id=message_id, headers=headers)
+        publisher.publish(pending.body, on_confirm=on_confirm, **props)
         pending.sent = True
 
     def _confirmed(self, message_id: str, ok: bool) -> None:
@@ -329,11 +297,3 @@ class Client:
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in self._inflight.items():
             self._inflight.settle(message_id, make_error(pending))
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_CLIENTS):
-        client._after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

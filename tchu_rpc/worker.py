@@ -1,28 +1,16 @@
 """Worker: consume a service's call and event queues, run handlers, reply and ack.
 
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
-events), so heartbeats keep flowing while a handler runs; with one call thread, it runs a call's
-handler itself after its reads (`DeferringLoop.defer`: no hand-over, and a standby thread serves the
-connection if the handler runs long). A finished call's reply and the request's ack are one AMQP
-transaction on the delivery's channel (`settling`, `publisher`); if the worker dies before the
-commit, the broker redelivers the request to another worker.
-
-A call handler that runs past `handler_time_limit` is answered with `HandlerTimeLimit` and its
-request acked (see `timelimit`); a handler's `report_progress()` sends progress to the caller through
-the I/O thread; with a `reply_cache`, a request whose message id has a cached reply is answered
-from it without running the handler (see `reply_cache`).
-
-A message delivered `delivery_limit` times without an ack (its handler keeps killing the worker)
-is dead-lettered, and a caller gets `DeliveryLimitExceeded`. Quorum queues count deliveries in
-`x-delivery-count`; on classic queues the worker re-publishes a redelivered message with its count
-in `x-tchu-deliveries` (at the back of the queue) and acks the original. Where every other
-unhandleable message goes is listed in `dispatch` and the README.
+events), so heartbeats keep flowing while a handler runs; with one call thread and the fast path, it
+runs a call's handler itself after its reads (`_amqp.inline_calls`). A finished call's reply and the
+request's ack are one AMQP transaction (`_worker.settle`); if the worker dies before the commit, the
+broker redelivers the request. A call handler past `handler_time_limit` is answered with
+`HandlerTimeLimit` (`_worker.time_limits`). A message delivered `delivery_limit` times without an ack
+is dead-lettered (`_worker.dispatch`, which lists where every unhandleable message goes).
 """
 
 from __future__ import annotations
 
-import codecs
-import signal
 import threading
 import time
 from functools import partial
@@ -30,14 +18,16 @@ from typing import Any
 
 from kombu import Connection, Consumer
 
-from tchu_rpc import log, topology, wire
+from tchu_rpc import topology
 from tchu_rpc._amqp import properties
 from tchu_rpc._amqp.inline_calls import DeferringLoop
-from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc._worker import outgoing
+from tchu_rpc._worker.consumers import open_lane, raw_body
 from tchu_rpc._worker.dispatch import Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc._worker.lanes import Lane
+from tchu_rpc._worker.progress import ProgressSender
 from tchu_rpc._worker.settle import Job, Settler
+from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost
@@ -45,18 +35,8 @@ from tchu_rpc.log import logger, mask_url
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 
-
-def _raw_body(message: Any) -> None:
-    """Give `message` back the bytes that came: py-amqp decodes bodies that name a content encoding."""
-    if isinstance(message.body, str):
-        message.body = message.body.encode(_text_encoding(message.content_encoding))
-
-
-def _text_encoding(name: str | None) -> str:
-    try:
-        return codecs.lookup(name or "utf-8").name
-    except LookupError:
-        return "utf-8"
+#: How many patterns of each kind the `worker_consuming` log names.
+_SAMPLE = 10
 
 
 class Worker:
@@ -105,6 +85,9 @@ class Worker:
             on_lost=self._lost,
             on_tick=self._enforce_time_limit,
         )
+        self._progress = ProgressSender(
+            self.service, self._loop, self._settler, self.settings.max_message_bytes
+        )
 
     # -- public API ---------------------------------------------------------------------------
     def start(self, timeout: float | None = None) -> Worker:
@@ -126,12 +109,10 @@ class Worker:
         wait = timeout if timeout is not None else self.settings.connect_timeout * 2 + 5
         if not self._started.wait(wait):
             self._start_error = ConnectionLost(f"worker not consuming after {wait} s")
-        if self._start_error is not None:
-            error = self._start_error
+        if (error := self._start_error) is not None:
             self.stop(0)
-            raise ConnectionLost(
-                f"worker {self.service!r} cannot start on {mask_url(self.settings.broker_url)}: {error}"
-            ) from error
+            where = mask_url(self.settings.broker_url)
+            raise ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}") from error
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -161,18 +142,7 @@ class Worker:
     def run(self) -> None:
         """Start, serve until `stop()`, SIGTERM or SIGINT, then stop gracefully."""
         self.start()
-        signalled = False
-
-        def on_signal(signum: int, frame: object) -> None:
-            # No lock here (not even Event.set): a second signal could interrupt this handler.
-            nonlocal signalled
-            signalled = True
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, on_signal)
-        while not signalled and not self._stop_requested.wait(0.2):
-            pass
+        wait_for_stop(self._stop_requested)
         self.stop()
 
     def __enter__(self) -> Worker:
@@ -193,47 +163,29 @@ class Worker:
         self._cancelled = False
         if self._stop_requested.is_set():
             self._cancel()
-        logger.info(
-            "worker_consuming",
-            service=self.service,
-            calls=self.registry.patterns("call"),
-            events=self.registry.patterns("event"),
-        )
+        calls, events = self.registry.patterns("call"), self.registry.patterns("event")
+        # Counts and a few of each: a worker may serve thousands of topics.
+        sample = {"call_sample": calls[:_SAMPLE], "event_sample": events[:_SAMPLE]}
+        logger.info("worker_consuming", service=self.service, calls=len(calls), events=len(events), **sample)
         self._started.set()
 
     def _consume(self, conn: Connection, kind: Kind) -> None:
-        channel = conn.channel()
-        patterns = self.registry.patterns(kind)
-        if kind == "call":
-            queue = topology.call_queue(self.service, self.settings, patterns)
-            prefetch = self.settings.call_concurrency
-        else:
-            queue = topology.event_queue(self.service, self.settings, patterns)
-            prefetch = self.settings.event_prefetch
-        queue(channel).declare()
-        # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
-        # mostly acked with nothing to publish, need no round trip for that.
-        self._settler.publishers[kind] = Publisher(
+        generation = self._loop.generation
+        self._consumers[kind], self._settler.publishers[kind] = open_lane(
             conn,
-            channel,
-            on_return=self._settler.returned,
-            transactional=kind == "call",
-            fast=self._loop.fast,
+            kind,
+            self.service,
+            self.settings,
+            self.registry,
+            self._settler.returned,
+            partial(self._receive, kind, generation),
+            partial(self._undecodable, kind, generation),
+            self._loop.fast,
         )
-        consumer = Consumer(
-            channel,
-            queues=[queue],
-            auto_declare=False,
-            on_message=partial(self._receive, kind, self._loop.generation),
-            on_decode_error=partial(self._undecodable, kind, self._loop.generation),
-        )
-        consumer.qos(prefetch_count=prefetch)
-        consumer.consume()
-        self._consumers[kind] = consumer
 
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._settler.received()
-        _raw_body(message)
+        raw_body(message)
         job = Job(kind, generation, message)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
@@ -259,11 +211,9 @@ class Worker:
     def _undecodable(self, kind: Kind, generation: int, message: Any, exc: BaseException) -> None:
         """kombu could not even unpack the message (for example a bad `compression` header)."""
         self._settler.received()
-        _raw_body(message)
-        reason = f"{type(exc).__name__}: {exc}"
-        self._finish(
-            Job(kind, generation, message), self._dispatcher.refuse(kind, message, "DecodeError", reason)
-        )
+        raw_body(message)
+        outcome = self._dispatcher.refuse(kind, message, "DecodeError", f"{type(exc).__name__}: {exc}")
+        self._finish(Job(kind, generation, message), outcome)
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
@@ -276,13 +226,6 @@ class Worker:
         if outcome.reply is not None:
             sends.append(outgoing.answer(message, outcome.reply, outcome.content_type))
         self._settler.send_then_ack(job, sends)
-
-    def _send_progress(self, job: Job, body: bytes, content_type: str) -> None:
-        publisher = self._settler.publishers.get(job.kind)
-        if job.timed_out or job.generation != self._loop.generation or publisher is None:
-            return  # answered already, or its reply address died with the old connection
-        publisher.publish(**outgoing.answer(job.message, body, content_type))
-        log.debug("progress_sent", service=self.service, **describe(job.message))
 
     def _completed(self, job: Job, outcome: Outcome) -> None:
         self._limits.finish(job)
@@ -333,7 +276,9 @@ class Worker:
     def _handle(self, job: Job) -> None:
         try:
             if job.kind == "call":
-                outcome = self._dispatcher.call(job.message, partial(self._report, job), job.received)
+                outcome = self._dispatcher.call(
+                    job.message, partial(self._progress.report, job), job.received
+                )
             else:
                 outcome = self._dispatcher.event(job.message)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -347,20 +292,8 @@ class Worker:
     def _exit(self, job: Job, exc: BaseException) -> None:
         """Stop as on SIGTERM: a handler asked the process to exit; its message is redelivered."""
         logger.error(
-            "handler_exited",
-            service=self.service,
-            error_type=type(exc).__name__,
-            hint="the worker stops; the message stays unacked and the broker redelivers it",
-            **describe(job.message),
+            "handler_exited", service=self.service, error_type=type(exc).__name__, **describe(job.message)
         )
         self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
         self._stop_requested.set()  # `run()` stops; an embedded worker stops on a thread of its own
         threading.Thread(target=self.stop, name=f"tchu-stop-{self.service}", daemon=True).start()
-
-    def _report(self, job: Job, info: Any) -> bool:
-        if job.timed_out:
-            return False
-        codec = wire.codec_of(job.message.content_type)
-        body = wire.encode(codec, wire.Progress(info), self.settings.max_message_bytes)
-        self._loop.submit(partial(self._send_progress, job, body, codec.content_type))
-        return True

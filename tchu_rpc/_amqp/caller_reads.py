@@ -9,7 +9,6 @@ Two threads must never wait on the socket together: the one that did not read wo
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -91,13 +90,11 @@ class LeadingLoop(Loop):
                 return False
             self._io_lock.release()
             try:
-                readable, _, _ = select.select([self._wake_r], [], [], wait)
+                self._wakeup.wait(wait)
             finally:
                 self._io_lock.acquire()
         finally:
             self._parked = False
-        if readable:
-            self._drain_pipe()
         conn = self.connection
         if conn is not None:
             self._check(conn)

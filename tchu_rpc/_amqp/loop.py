@@ -13,7 +13,6 @@ connection it happened on (its generation): it can never tear down a newer conne
 
 from __future__ import annotations
 
-import os
 import select
 import threading
 import time
@@ -25,17 +24,12 @@ from kombu import Connection
 
 from tchu_rpc._amqp import internals
 from tchu_rpc._amqp.connection import open_connection
-from tchu_rpc._amqp.frames import can_read, read_frames
+from tchu_rpc._amqp.reading import VirtualPoll, drain, has_buffered
+from tchu_rpc._amqp.wakeup import WakeUp
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import logger, mask_url
 
-_DRAIN_BATCH = 256
-# kombu's virtual transports (memory://) have no socket to wait on: they are polled, often while
-# messages flow and seldom when idle.
-_MEMORY_POLL = 0.002
-_MEMORY_POLL_BUSY = 0.0001
-_MEMORY_BUSY_FOR = 0.5
 _IDLE_WAIT = 1.0
 
 
@@ -44,8 +38,7 @@ class Loop:
 
     `on_connect(conn)` sets up channels and consumers after each (re)connection; `on_lost(exc)` runs
     after the connection failed; `on_tick(now)` runs every turn and returns when it next needs to
-    run. With `eager`, the loop connects at once and reconnects for ever; otherwise it connects only
-    when `wants_connection()` says so.
+    run. The loop connects, and reconnects with backoff, while `wants_connection()` says so.
     """
 
     def __init__(
@@ -61,13 +54,10 @@ class Loop:
         self.name = name
         self.settings = settings
         self.connection: Connection | None = None
-        # py-amqp's connection under `connection`, and its socket (None on a virtual transport):
-        # kept per connection, since each access through kombu verifies the connection again.
-        self._amqp: Any = None
+        # py-amqp's connection and its socket (None on a virtual transport), kept per connection:
+        self._amqp: Any = None  # each access through kombu verifies the connection again
         self.socket: Any = None
-        #: Whether this connection takes the fast path (`Settings.fast_path`, and py-amqp has what it
-        #: needs): frames read and written below py-amqp, and the shortcuts of the subclasses.
-        self.fast = False
+        self.fast = False  # this connection takes the fast path (`Settings.fast_path`, `internals`)
         self.generation = 0
         self._on_connect = on_connect
         self._on_lost = on_lost
@@ -80,18 +70,14 @@ class Loop:
         # True while a thread in `_turn` is sure to run `_commands` before it next waits: a command
         # submitted then needs no wake-up through the pipe (two system calls and a turn).
         self._awake = False
-        # A failure met outside the I/O thread's own turn, with the generation of its connection.
-        self._failure: tuple[int, BaseException] | None = None
+        self._failure: tuple[int, BaseException] | None = None  # met off the I/O thread, by generation
         self._delay = settings.reconnect_delay  # the next pause between reconnection attempts
-        self._pipe_lock = threading.Lock()  # a wake-up never writes on a pipe `stop` has closed
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = WakeUp()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
-        self._busy_until = 0.0  # until when a virtual transport is polled at its fast rate
+        self._virtual = VirtualPoll(self._wakeup)
         self.last_error: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------------------
@@ -105,7 +91,7 @@ class Loop:
     def submit(self, command: Callable[[], None]) -> None:
         """Run `command` on the I/O thread as soon as it is connected."""
         self._commands.append(command)
-        self._busy_until = time.monotonic() + _MEMORY_BUSY_FOR
+        self._virtual.busy()
         if not self._awake:
             self.wake()
 
@@ -133,13 +119,7 @@ class Loop:
 
     def wake(self) -> None:
         """Interrupt the I/O thread's wait."""
-        with self._pipe_lock:
-            if self._wake_w < 0:
-                return  # stopped: nothing waits any more
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full: a wake-up is pending already
+        self._wakeup.wake()
 
     def fail(self, generation: int, exc: BaseException) -> None:
         """Record that the connection of `generation` failed; the I/O thread drops it.
@@ -158,16 +138,7 @@ class Loop:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         if thread is None or not thread.is_alive():
-            with self._pipe_lock:
-                for fd in (self._wake_r, self._wake_w):
-                    if fd >= 0:
-                        os.close(fd)
-                self._wake_r = self._wake_w = -1
-
-    @property
-    def in_loop_thread(self) -> bool:
-        """Tell whether the caller runs on the I/O thread."""
-        return threading.current_thread() is self._thread
+            self._wakeup.close()
 
     @property
     def stopping(self) -> bool:
@@ -196,11 +167,15 @@ class Loop:
                 self._delay = min(self._delay * 2, self.settings.reconnect_delay_max)
                 return
             self._delay = self.settings.reconnect_delay
+        generation = self.generation
         try:
             if not self._park():
                 self._turn()
         except Exception as exc:
-            self._drop(exc)
+            # Unless another thread serving the connection (a standby) replaced it meanwhile: this
+            # failure is the old connection's, and must not drop the new one.
+            if generation == self.generation and self.connection is not None:
+                self._drop(exc)
 
     def _connect(self) -> bool:
         try:
@@ -220,29 +195,19 @@ class Loop:
     def _drop(self, exc: BaseException) -> None:
         self.last_error = exc
         self._failure = None
-        conn, self.connection = self.connection, None
-        self._amqp = self.socket = None
-        if conn is not None:
-            try:
-                conn.collect()
-            except Exception:  # the socket is gone already; nothing more to release
-                pass
-        logger.warning(
-            "connection_lost",
-            loop=self.name,
-            error=str(exc) or type(exc).__name__,
-            error_type=type(exc).__name__,
-        )
+        self._close(collect=True)  # the socket is gone already: release what is left, say nothing
+        error = str(exc) or type(exc).__name__
+        logger.warning("connection_lost", loop=self.name, error=error, error_type=type(exc).__name__)
         self._on_lost(exc)
 
-    def _close(self) -> None:
+    def _close(self, collect: bool = False) -> None:
         conn, self.connection = self.connection, None
         self._amqp = self.socket = None
-        if conn is not None:
-            try:
-                conn.release()
-            except Exception as exc:
-                logger.debug("close_failed", loop=self.name, error=str(exc))
+        try:
+            if conn is not None:
+                conn.collect() if collect else conn.release()
+        except Exception as exc:
+            logger.debug("close_failed", loop=self.name, error=str(exc))
 
     def _turn(self, done: Callable[[], bool] | None = None) -> None:
         """Run commands and timers, then wait for the socket and read it; stop early once `done()`."""
@@ -274,21 +239,21 @@ class Loop:
             wait = 0.0
         sock = self.socket
         if sock is None:
-            self._poll_virtual(conn, wait)
+            self._virtual.poll(conn, wait)
             return
-        if not _has_buffered(sock):
+        if not has_buffered(sock):
             self._io_lock.release()
             try:
-                readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
+                readable, _, _ = select.select([sock, self._wakeup.fd], [], [], wait)
             finally:
                 self._io_lock.acquire()
                 self._awake = True  # the next turn runs what is submitted while this one reads
             self._check(conn)
-            if self._wake_r in readable:
-                self._drain_pipe()
+            if self._wakeup.fd in readable:
+                self._wakeup.drain()
             if sock not in readable or self._yields_socket():
                 return
-        self._drain(sock)
+        drain(self._amqp, sock, self.fast)
 
     # -- hooks of the subclasses (`leading`, `deferring`) -------------------------------------
     def _park(self) -> bool:
@@ -306,17 +271,6 @@ class Loop:
         """Tell whether this thread should hand the connection back at once (see `inline_calls`)."""
         return False
 
-    def _poll_virtual(self, conn: Connection, wait: float) -> None:
-        self._drain_pipe()
-        # While busy, return soon too: commands of other threads wait for the drain to end.
-        poll = _MEMORY_POLL_BUSY if time.monotonic() < self._busy_until else _MEMORY_POLL
-        conn.transport.polling_interval = poll
-        try:
-            conn.drain_events(timeout=max(min(wait, poll), 0.0001))
-        except TimeoutError:
-            return
-        self._busy_until = time.monotonic() + _MEMORY_BUSY_FOR
-
     def _check(self, conn: Connection) -> None:
         # kombu silently opens a new connection when one of its methods meets a dead one, so a
         # connection that failed (maybe on another thread, see `run_or_submit`) is dropped first.
@@ -326,40 +280,14 @@ class Loop:
         if not conn.connected:
             raise ConnectionLost("the connection closed")
 
-    def _drain(self, sock: Any) -> None:
-        if self.fast and can_read(sock):
-            read_frames(self._amqp, sock)  # one `recv` for all that is waiting (`frames`)
-            return
-        # Through py-amqp, which buffers nothing beyond the message it reads but what a TLS socket
-        # has decrypted (`pending`): a zero-timeout select then tells whether more is waiting,
-        # cheaper than a read that times out.
-        for _ in range(_DRAIN_BATCH):
-            try:
-                self._amqp.drain_events(timeout=0)
-            except TimeoutError:
-                return
-            if not _has_buffered(sock) and not select.select([sock], [], [], 0)[0]:
-                return
-
     def _run_commands(self) -> None:
         commands = self._commands
         while commands:
             commands.popleft()()
 
-    def _drain_pipe(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
     def _idle(self) -> None:
-        wait = _IDLE_WAIT
         next_due = self._on_tick(time.monotonic())
-        if next_due is not None:
-            wait = max(0.0, min(wait, next_due - time.monotonic()))
-        select.select([self._wake_r], [], [], wait)
-        self._drain_pipe()
+        self._wakeup.wait(_IDLE_WAIT if next_due is None else min(_IDLE_WAIT, next_due - time.monotonic()))
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -369,10 +297,4 @@ class Loop:
                 return
             next_due = self._on_tick(now)
             wait = deadline - now if next_due is None else min(deadline, next_due) - now
-            select.select([self._wake_r], [], [], max(0.0, wait))
-            self._drain_pipe()
-
-
-def _has_buffered(sock: Any) -> bool:
-    pending = getattr(sock, "pending", None)
-    return bool(pending and pending())
+            self._wakeup.wait(wait)

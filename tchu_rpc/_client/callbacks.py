@@ -27,33 +27,41 @@ class Callbacks:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
 
     def run(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` on the callback thread; an exception it raises is logged."""
-        if self._thread is None:
-            with self._lock:
+        """Run `fn(*args)` on the callback thread; an exception it raises is logged.
+
+        Once closed (its client is), on a thread of its own: a done-callback added to a future the
+        close failed still runs.
+        """
+        with self._lock:
+            if not self._closed:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                     self._thread.start()
-        self._jobs.put((fn, args))
+                self._jobs.put((fn, args))
+                return
+        threading.Thread(target=_call, args=(fn, args), name=self._name, daemon=True).start()
 
     def close(self) -> None:
         """Let the thread run what is queued, then exit; do not wait for it."""
-        if self._thread is not None:
-            self._jobs.put(None)
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._jobs.put(None)
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, args = job
-            try:
-                fn(*args)
-            except Exception as exc:  # the user's code: report it, serve the next one
-                logger.warning(
-                    "callback_failed",
-                    callback=getattr(fn, "__qualname__", repr(fn)),
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
+            _call(*job)
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # the user's code: report it, serve the next one
+        name = getattr(fn, "__qualname__", repr(fn))
+        logger.warning("callback_failed", callback=name, error_type=type(exc).__name__, error=str(exc))
 
 
 class CallFuture(futures.Future[Any]):

@@ -106,19 +106,25 @@ def test_a_call_alone_in_flight_is_read_on_its_callers_thread(
     _lead_once(client, gates, started)
     readers.clear()
     seen: list[str] = []
+    called = threading.Event()
+
+    def on_progress(info: Any) -> None:
+        seen.append(threading.current_thread().name)
+        called.set()
 
     # When a call is the only one in flight and its handler reports progress
     result = client.call(
         "rpc.lead.progress",
         None,
         timeout=WAIT,
-        on_progress=lambda info: seen.append(threading.current_thread().name),
+        on_progress=on_progress,
     )
 
     # Then the progress and the reply were read on the calling thread, and the progress callback
     # ran on the client's callback thread, never on a thread that reads the connection
     assert result == "done"
     assert readers == [threading.current_thread().name] * 2
+    assert called.wait(WAIT)
     assert seen == ["tchu-client-callbacks"]
 
 
