@@ -39,6 +39,7 @@ class DeferringLoop(Loop):
         self._away_since: float | None = None  # when the I/O thread left to run a deferred job
         self._last_away = 0.0  # when it last did
         self._standby: threading.Thread | None = None
+        self._covering = False  # the standby serves the connection now
 
     def defer(self, job: Callable[[], None], skip: Callable[[], None]) -> None:
         """Run `job` on the I/O thread once this turn's reads are done, without the connection.
@@ -70,9 +71,11 @@ class DeferringLoop(Loop):
             try:
                 job()
             finally:
-                # Back: the standby hands over after its current step (it sees `away` unset).
+                # Back: a covering standby hands over after its current step (it sees `away` unset),
+                # woken from its wait for that.
                 self._away_since = None
-                self.wake()
+                if self._covering:
+                    self.wake()
                 self._io_lock.acquire()
 
     def _yield_now(self) -> bool:
@@ -88,8 +91,14 @@ class DeferringLoop(Loop):
                 continue
             with self._io_lock:
                 # The I/O thread's whole job, reconnecting included, until it is back.
-                while self.away and not self._stop.is_set():
-                    self._step()
+                self._covering = True
+                try:
+                    while self.away and not self._stop.is_set():
+                        self._step()
+                finally:
+                    self._covering = False
+                    if self._commands:
+                        self.wake()  # submitted during its last turn, trusting it to run them
         if self.away:
             with self._io_lock:
                 self._close()  # stopped while a handler runs on: its deliveries go back to the queue

@@ -140,16 +140,14 @@ class Loop:
         if thread is None or not thread.is_alive():
             self._wakeup.close()
 
-    @property
-    def stopping(self) -> bool:
-        """Tell whether `stop()` was called."""
-        return self._stop.is_set()
+    stopping = property(lambda self: self._stop.is_set(), doc="Tell whether `stop()` was called.")
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _run(self) -> None:
         with self._io_lock:
             self._serve()
             self._close()
+        self._wakeup.close()  # stopped (`stop` may have stopped waiting for this thread)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
