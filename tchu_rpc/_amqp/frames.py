@@ -78,7 +78,10 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
         raise ConnectionLost("the broker closed the connection")
     transport = conn.transport
     buffer: bytes = transport._read_buffer + data if transport._read_buffer else data
-    on_frame = conn.on_inbound_frame
+    tolerant = conn.on_inbound_frame
+    # py-amqp's own handler, not `properties.tolerate`'s wrapper around it: one call per frame less,
+    # and the wrapper only for the rare header py-amqp cannot decode.
+    on_frame = getattr(tolerant, "strict", tolerant)
     while len(buffer) > 7:
         frame_type, channel, size = _HEADER.unpack_from(buffer)
         end = 7 + size
@@ -87,7 +90,13 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
         if buffer[end] != _FRAME_END:
             raise ConnectionLost(f"malformed frame from the broker: frame end {buffer[end]:#04x}")
         transport._read_buffer = buffer[end + 1 :]
-        on_frame((frame_type, channel, buffer[7:end]))
+        frame = (frame_type, channel, buffer[7:end])
+        try:
+            on_frame(frame)
+        except UnicodeDecodeError:
+            if frame_type != 2:
+                raise
+            tolerant(frame)  # a header whose properties are not UTF-8: made decodable
         buffer = transport._read_buffer  # a callback may have read on through py-amqp
     transport._read_buffer = buffer
     return True
