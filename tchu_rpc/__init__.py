@@ -6,6 +6,7 @@ from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.delivery import Delivery, current_delivery, report_progress
 from tchu_rpc.errors import (
+    ArgumentTypeError,
     CallTimeout,
     ConfigError,
     ConnectionLost,
@@ -32,6 +33,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ArgumentTypeError",
     "CallTimeout",
     "Client",
     "ConfigError",

@@ -25,11 +25,16 @@ from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc._client import forks
+from tchu_rpc._client.arguments import call_arguments, checked_timeout, event_topic
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
-from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, checked_timeout, wait
-from tchu_rpc._client.replies import on_reply
+from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
+from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import CallTimeout, ConnectionLost, NoRoute, PublishFailed, TchuError
+from tchu_rpc.errors import (
+    ConnectionLost,
+    PublishFailed,
+    TchuError,
+)
 from tchu_rpc.log import mask_url
 from tchu_rpc.registry import validate_topic
 
@@ -123,14 +128,19 @@ class Client:
         self._loop.resume()  # nobody waits on this thread to read the reply
         return pending.future
 
-    def publish(self, topic: str, data: Any, *, timeout: float | None = None) -> None:
+    def publish(
+        self, topic: str, data: Any, *, timeout: float | None = None, allow_call_topic: bool = False
+    ) -> None:
         """Broadcast an event and return once the broker confirmed it.
 
         During an outage the client keeps trying until `timeout` (default
         `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
-        silently. Events are persistent; every queue bound to a matching pattern gets a copy.
+        silently. Events are persistent; every queue bound to a matching pattern gets a copy. A
+        topic whose first word is `rpc` names a call: publishing it is refused (`TopicError`) unless
+        `allow_call_topic=True`.
         """
         timeout = checked_timeout(timeout, self.settings.publish_timeout)
+        event_topic(topic, allow_call_topic)
         self._wait(self._submit("event", topic, data, timeout, True), topic)
 
     def close(self) -> None:
@@ -171,12 +181,9 @@ class Client:
         max_timeout: float | None,
         on_progress: Callable[[Any], None] | None,
     ) -> Pending:
-        timeout = checked_timeout(timeout, self.settings.call_timeout)
-        latest = math.inf
-        if max_timeout is not None:
-            latest = checked_timeout(max_timeout, max_timeout)
-            if latest < timeout:
-                raise ValueError(f"max_timeout ({max_timeout!r}) must be at least timeout ({timeout!r})")
+        timeout, latest = call_arguments(
+            timeout, self.settings.call_timeout, max_timeout, idempotent, on_progress
+        )
         return self._submit("call", topic, data, timeout, idempotent, latest, on_progress)
 
     def _submit(
@@ -213,7 +220,7 @@ class Client:
         # Direct reply-to needs no queue; a virtual transport (memory://) gets a private one.
         direct = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
         queue = direct if is_amqp(conn) else topology.reply_queue()
-        on_message = partial(on_reply, self._inflight, self._callbacks)
+        on_message = partial(on_reply, self._inflight, self._callbacks, self.settings.max_message_bytes)
         Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
         self._reply_to = queue.name
         for message_id, pending in self._inflight.items():
@@ -250,22 +257,14 @@ class Client:
         if pending is None:
             return
         if not ok:
-            self._inflight.settle(
-                message_id, PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}")
-            )
+            refused = PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}")
+            self._inflight.settle(message_id, refused)
         elif pending.kind == "event":
             self._inflight.settle(message_id, None)
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""
-        self._inflight.settle(
-            message_id,
-            NoRoute(
-                f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} "
-                f"({text}); is a worker running with a call handler for it "
-                "(kind='call', or a topic starting with 'rpc.')?"
-            ),
-        )
+        self._inflight.settle(message_id, no_route(routing_key, exchange, text))
 
     def _expire(self, now: float) -> float | None:
         due, next_due = self._inflight.due(now)
@@ -274,13 +273,7 @@ class Client:
         return next_due
 
     def _expired(self, pending: Pending) -> TchuError:
-        if self._loop.connection is None or not pending.sent:
-            error = self._loop.last_error
-            why = f": {error}" if error is not None else " (not connected yet)"
-            return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}{why}")
-        if pending.kind == "event":
-            return PublishFailed(f"no confirm for event {pending.topic!r} before the deadline")
-        return CallTimeout(f"no reply to call {pending.topic!r} before the deadline")
+        return expired(pending, self._loop.connection is not None, self._loop.last_error)
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None

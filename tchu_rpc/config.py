@@ -12,6 +12,7 @@ from typing import Any, Literal
 from tchu_rpc.errors import ConfigError
 
 ENV_PREFIX = "TCHU_RPC_"
+_MAX_TIMEOUT = 315_360_000.0  # RabbitMQ's longest message expiration, in seconds
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 Serializer = Literal["json", "msgpack"]
@@ -47,8 +48,12 @@ class Settings:
     event_concurrency: int = 1
     #: Unacked events one worker may hold (events favour throughput over latency).
     event_prefetch: int = 10
-    #: Largest body accepted on either side, in bytes.
+    #: Largest body sent or accepted (requests, events and replies), in bytes.
     max_message_bytes: int = 8 * 1024 * 1024
+    #: The broker's `max_message_size` (RabbitMQ's default: 128 MiB). A client cannot read it, so it
+    #: is a setting: `max_message_bytes` must not exceed it, since the broker closes the whole
+    #: connection (every call in flight on it) over a larger message.
+    broker_max_message_bytes: int = 128 * 1024 * 1024
     #: How long a stopping worker lets in-flight messages finish before it lets them be redelivered.
     shutdown_grace: float = 30.0
     #: Deliveries of one message without an ack before it is dead-lettered (poison messages).
@@ -88,6 +93,10 @@ class Settings:
     tls_server_hostname: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_choices()
+
+    def _check_numbers(self) -> None:
         for name, (low, inclusive) in _LOWER_BOUNDS.items():
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
@@ -95,11 +104,22 @@ class Settings:
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
                 bound = f"at least {low}" if inclusive else f"above {low}"
                 raise ConfigError(f"{name} must be {bound}, got {value!r}")
+        for name in ("call_timeout", "publish_timeout"):
+            if getattr(self, name) > _MAX_TIMEOUT:
+                raise ConfigError(f"{name} must be at most {_MAX_TIMEOUT:.0f} s (RabbitMQ's limit)")
+        if self.max_message_bytes > self.broker_max_message_bytes:
+            raise ConfigError(
+                f"max_message_bytes ({self.max_message_bytes}) exceeds broker_max_message_bytes "
+                f"({self.broker_max_message_bytes}): the broker would close the connection over such a "
+                "message; raise the broker's max_message_size and broker_max_message_bytes first"
+            )
         if self.reconnect_delay_max < self.reconnect_delay:
             raise ConfigError(
                 f"reconnect_delay_max ({self.reconnect_delay_max!r}) must be at least "
                 f"reconnect_delay ({self.reconnect_delay!r})"
             )
+
+    def _check_choices(self) -> None:
         if self.serializer not in ("json", "msgpack"):
             raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
         if self.queue_type not in ("classic", "quorum"):
@@ -151,6 +171,7 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "publish_timeout": (0, False),
     "connect_timeout": (0, False),
     "max_message_bytes": (0, False),
+    "broker_max_message_bytes": (0, False),
     "reconnect_delay": (0, False),
     "reconnect_delay_max": (0, False),
     "heartbeat": (0, True),

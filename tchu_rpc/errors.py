@@ -3,6 +3,7 @@
 ```
 TchuError
 ├── ConfigError (ValueError)        a setting or argument is invalid
+│   └── ArgumentTypeError (TypeError) an argument has the wrong type
 ├── TopicError (ValueError)         a topic or binding pattern is invalid
 ├── RegistryError (ValueError)      a handler cannot be registered as asked
 ├── EncodeError (ValueError)        a value cannot be encoded for the wire
@@ -33,6 +34,10 @@ class TchuError(Exception):
 
 class ConfigError(TchuError, ValueError):
     """A setting or argument is invalid."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument has the wrong type (a `ConfigError` that is also a `TypeError`)."""
 
 
 class TopicError(TchuError, ValueError):

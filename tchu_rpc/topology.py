@@ -8,6 +8,9 @@ A service `users` has up to three durable queues:
 
 Calls and events have separate queues (lanes) so that a backlog of events never delays a call.
 Exchanges are durable topic exchanges without arguments, the same as existing deployments declare.
+Bindings are only ever added, never removed: a worker binds its patterns again on every connection
+(`_worker.consumers` sends them without waiting for each), so a pattern dropped from the code stays
+bound until someone unbinds it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from kombu import Exchange, Queue, binding
 
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
+from tchu_rpc.registry import Kind
 
 DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 #: Prefix of a client's private reply queue (brokers without direct reply-to).
@@ -50,6 +54,11 @@ def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Q
 def event_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
     """Return the service's event queue, bound to the events exchange with `patterns`."""
     return _bound_queue(f"{service}.events", events_exchange(settings), patterns, settings)
+
+
+def lane_queue(kind: Kind, service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
+    """Return the service's queue of `kind`: its call queue or its event queue, bound with `patterns`."""
+    return (call_queue if kind == "call" else event_queue)(service, settings, patterns)
 
 
 def dead_letter_queue(service: str, settings: Settings) -> Queue:

@@ -9,6 +9,7 @@ No pickle, ever: only msgspec's JSON and MessagePack, which build plain data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -134,8 +135,22 @@ def encode(codec: Codec, value: Any, limit: int) -> bytes:
         body = codec.encode(value)
     except (TypeError, NotImplementedError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise EncodeError(f"cannot encode {type(value).__name__} as {codec.content_type}: {exc}") from exc
+    # JSON has no NaN or infinity: msgspec writes `null` for them, which the receiver would take for
+    # None. Only a body with a `null` in it is looked at again (a search in C, no walk otherwise).
+    if codec.content_type == JSON and b"null" in body and _non_finite(msgspec.to_builtins(value)):
+        raise EncodeError(f"cannot encode {type(value).__name__} as JSON: NaN and infinity have no JSON form")
     check_size(len(body), limit)
     return body
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def check_size(size: int, limit: int) -> None:

@@ -22,7 +22,7 @@ from tchu_rpc import topology
 from tchu_rpc._amqp import properties
 from tchu_rpc._amqp.inline_calls import DeferringLoop
 from tchu_rpc._worker import outgoing
-from tchu_rpc._worker.consumers import open_lane, raw_body
+from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
 from tchu_rpc._worker.dispatch import Dispatcher, Outcome, describe, previous_deliveries
 from tchu_rpc._worker.lanes import Lane
 from tchu_rpc._worker.progress import ProgressSender
@@ -76,7 +76,7 @@ class Worker:
         self._stop_requested = threading.Event()
         self._start_error: BaseException | None = None
         self._cancelled = False
-        self._stopped = False
+        self._stopped = self._serving = False
         self._stop_lock = threading.Lock()
         self._loop = DeferringLoop(
             f"tchu-worker-{queue}",
@@ -93,23 +93,24 @@ class Worker:
     def start(self, timeout: float | None = None) -> Worker:
         """Connect, declare the service's queues, start consuming; return once consuming.
 
+        `timeout` bounds it all; by default `2 x connect_timeout + 5` s, renewed while bindings progress.
+
         Raises:
             ConfigError: the registry has no handlers.
-            ConnectionLost: the broker could not be reached or refused the set-up.
+            ConnectionLost: the broker could not be reached, refused the set-up, or it did not finish.
         """
         if not len(self.registry):
             raise ConfigError(f"worker {self.service!r} has no handlers registered")
         if "call" in self.registry.kinds():
             check_consumer_timeout(self.settings, self.service)
-        self._lanes = {
-            "call": Lane(f"tchu-call-{self.service}", self.settings.call_concurrency, self._handle),
-            "event": Lane(f"tchu-event-{self.service}", self.settings.event_concurrency, self._handle),
-        }
+        self.registry.serve(self.service)  # refuses a second service for the same call handlers
+        self._serving = True
+        name, settings = self.service, self.settings
+        self._lanes = {"call": Lane(f"tchu-call-{name}", settings.call_concurrency, self._handle)}
+        self._lanes["event"] = Lane(f"tchu-event-{name}", settings.event_concurrency, self._handle)
+        progress = self._setup_progress = SetupProgress(lambda: self._loop.stopping)
         self._loop.start()
-        wait = timeout if timeout is not None else self.settings.connect_timeout * 2 + 5
-        if not self._started.wait(wait):
-            self._start_error = ConnectionLost(f"worker not consuming after {wait} s")
-        if (error := self._start_error) is not None:
+        if (error := progress.wait(self._started, timeout, self.settings) or self._start_error) is not None:
             self.stop(0)
             where = mask_url(self.settings.broker_url)
             raise ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}") from error
@@ -128,6 +129,8 @@ class Worker:
 
     def _stop(self, timeout: float | None) -> None:
         self._stop_requested.set()
+        if self._serving:
+            self.registry.release(self.service)
         grace = self.settings.shutdown_grace if timeout is None else timeout
         self._loop.submit(self._cancel)
         with self._settler.idle:
@@ -154,12 +157,9 @@ class Worker:
     # -- the I/O thread -----------------------------------------------------------------------
     def _setup(self, conn: Connection) -> None:
         self._consumers = {}
-        kinds = self.registry.kinds()
-        for kind in ("call", "event"):
-            if kind in kinds:
-                self._consume(conn, kind)
-        channel = self._settler.publishers[next(iter(kinds))].channel
-        topology.dead_letter_queue(self.service, self.settings)(channel).declare()
+        declare_service(conn, self.service, self.settings, self.registry, self._setup_progress)
+        for kind in sorted(self.registry.kinds()):  # calls first
+            self._consume(conn, kind)
         self._cancelled = False
         if self._stop_requested.is_set():
             self._cancel()
@@ -186,7 +186,7 @@ class Worker:
     def _receive(self, kind: Kind, generation: int, message: Any) -> None:
         self._settler.received()
         raw_body(message)
-        job = Job(kind, generation, message)
+        job = Job(kind, generation, message, self._loop.looked_at)
         classic = self.settings.queue_type == "classic"
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
@@ -195,7 +195,7 @@ class Worker:
         elif earlier >= self.settings.delivery_limit:
             self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
         elif classic and message.delivery_info.get("redelivered"):
-            self._settler.send_then_ack(job, [self._settler.counted_copy(kind, message, earlier)])
+            self._settler.send_then_ack(job, [self._settler.counted_copy(job, earlier)])
         else:
             if kind == "call":
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
@@ -224,7 +224,7 @@ class Worker:
         if outcome.dead_reason is not None:
             sends.append(self._settler.dead_letter(message, outcome.dead_reason))
         if outcome.reply is not None:
-            sends.append(outgoing.answer(message, outcome.reply, outcome.content_type))
+            sends.append(outgoing.answer(message, outcome.reply, outcome.content_type, self.service))
         self._settler.send_then_ack(job, sends)
 
     def _completed(self, job: Job, outcome: Outcome) -> None:

@@ -64,9 +64,8 @@ class Loop:
         self._on_tick = on_tick
         self._wants_connection = wants_connection
         self._commands: deque[Callable[[], None]] = deque()
-        # Held by the I/O thread except while it waits in select(), so that another thread may
-        # use the idle connection itself (`run_or_submit`) instead of waking the I/O thread.
-        self._io_lock = threading.Lock()
+        # Held by the thread serving the connection but while it waits: another may use the idle
+        self._io_lock = threading.Lock()  # connection itself (`run_or_submit`), not wake it
         # True while a thread in `_turn` is sure to run `_commands` before it next waits: a command
         # submitted then needs no wake-up through the pipe (two system calls and a turn).
         self._awake = False
@@ -77,6 +76,8 @@ class Loop:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
+        # When it last began to wait for the socket: what it reads arrived after (`Job.received`).
+        self.looked_at = time.perf_counter()
         self._virtual = VirtualPoll(self._wakeup)
         self.last_error: BaseException | None = None
 
@@ -236,6 +237,7 @@ class Loop:
         if self._commands:
             wait = 0.0
         sock = self.socket
+        self.looked_at = time.perf_counter()
         if sock is None:
             self._virtual.poll(conn, wait)
             return

@@ -72,13 +72,17 @@ class Inflight:
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, message_id))
 
-    def settle(self, message_id: str, outcome: Any) -> None:
-        """Resolve the caller's future with `outcome` (an exception is raised to it); once only."""
+    def settle(self, message_id: str, outcome: Any, by: str | None = None) -> None:
+        """Resolve the caller's future with `outcome` (an exception is raised to it); once only.
+
+        `by` is the service that answered, if any: remembered to say who answered first when a
+        second answer comes.
+        """
         pending = self._pending.pop(message_id, None)
         if pending is None:
             return
         said = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
-        self._recent[message_id] = said
+        self._recent[message_id] = said if by is None else f"{said} from {by}"
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
         if log.debugging():
@@ -175,15 +179,6 @@ class Watchdog:
                 self._wake.clear()
                 continue
             self._expire(time.monotonic())
-
-
-def checked_timeout(timeout: float | None, default: float) -> float:
-    """Return `timeout`, or `default` for None; refuse what is not a positive number of seconds."""
-    if timeout is None:
-        return default
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return timeout
 
 
 def wait(pending: Pending, topic: str) -> Any:

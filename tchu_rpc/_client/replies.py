@@ -1,4 +1,4 @@
-"""What arrives at a client's reply address: a reply settles its call, progress moves its deadline."""
+"""How a client's calls settle: a reply or progress at its reply address, a return, a deadline."""
 
 from __future__ import annotations
 
@@ -8,30 +8,44 @@ from typing import Any
 from tchu_rpc import log, wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
-from tchu_rpc.errors import DecodeError, remote_error
+from tchu_rpc.errors import (
+    CallTimeout,
+    ConnectionLost,
+    DecodeError,
+    MessageTooLarge,
+    NoRoute,
+    PublishFailed,
+    TchuError,
+    remote_error,
+)
 from tchu_rpc.log import logger
 
 
-def on_reply(inflight: Inflight, callbacks: Callbacks, message: Any) -> None:
-    """Settle the call `message` answers, or pass its progress on; drop what nobody waits for."""
+def on_reply(inflight: Inflight, callbacks: Callbacks, limit: int, message: Any) -> None:
+    """Settle the call `message` answers, or pass its progress on; drop what nobody waits for.
+
+    A reply over `limit` bytes (`max_message_bytes`) fails its call with `MessageTooLarge`.
+    """
     correlation_id = message.properties.get("correlation_id") or ""
     pending = inflight.get(correlation_id)
     if pending is None or pending.kind != "call":
         _dropped(inflight, correlation_id, message)
         return
     try:
+        wire.check_size(len(message.body), limit)
         codec = wire.codec_of(message.content_type)
         reply = wire.decode_envelope(codec, message.body)
-    except DecodeError as exc:
+    except (DecodeError, MessageTooLarge) as exc:
         inflight.settle(correlation_id, exc)
         return
+    by = message.properties.get("app_id")
     if isinstance(reply, wire.Progress):
         _progressed(inflight, callbacks, correlation_id, pending, reply.info)
     elif isinstance(reply, wire.Failure):
         err = reply.error
-        inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, err.details))
+        inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, err.details), by)
     else:
-        inflight.settle(correlation_id, reply.result)
+        inflight.settle(correlation_id, reply.result, by)
 
 
 def _progressed(
@@ -52,7 +66,27 @@ def _dropped(inflight: Inflight, correlation_id: str, message: Any) -> None:
     except DecodeError:
         progress = False
     outcome = inflight.outcome_of(correlation_id)
+    by = message.properties.get("app_id")
     if progress:  # a handler still reporting after its call settled: expected, not a fault
-        log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome)
+        log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
     else:
-        logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome)
+        # Two answers to one call: its topic is bound by two services, or its request was redelivered.
+        logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
+
+
+def no_route(routing_key: str, exchange: str, text: str) -> NoRoute:
+    """Return the error of a call the broker returned: no queue is bound for its topic."""
+    return NoRoute(
+        f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} ({text}); is a "
+        "worker running with a call handler for it (kind='call', or a topic starting with 'rpc.')?"
+    )
+
+
+def expired(pending: Pending, connected: bool, last_error: BaseException | None) -> TchuError:
+    """Return the error of a call or publish whose deadline passed."""
+    if not connected or not pending.sent:
+        why = f": {last_error}" if last_error is not None else " (not connected yet)"
+        return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}{why}")
+    if pending.kind == "event":
+        return PublishFailed(f"no confirm for event {pending.topic!r} before the deadline")
+    return CallTimeout(f"no reply to call {pending.topic!r} before the deadline")

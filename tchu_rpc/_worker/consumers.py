@@ -1,17 +1,129 @@
-"""Open a lane of a service on a new connection: its channel, its queue, its publisher, its consumer."""
+"""Set a service up on a new connection: declare its queues and bindings, then open its lanes.
+
+A worker may serve thousands of topics. Waiting for each `bind-ok` would cost a round trip per
+pattern on every connection (seconds for 10,000), so the binds are sent without waiting, in batches,
+each closed by one synchronous method; `SetupProgress` lets `Worker.start` wait as long as the
+broker keeps confirming them.
+"""
 
 from __future__ import annotations
 
 import codecs
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from kombu import Connection, Consumer
+from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import topology
+from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import OnReturn, Publisher
 from tchu_rpc.config import Settings
+from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.log import logger
 from tchu_rpc.registry import Kind, Registry
+
+#: Binds sent before one synchronous method confirms them: small enough that the broker answers
+#: well within the socket's read timeout even while it creates new durable bindings (~1 ms each).
+_BIND_BATCH = 500
+#: A queue with this many bindings or more logs `bindings_declared` after every this many.
+_LOG_EVERY = 2000
+
+
+class SetupProgress:
+    """How far the set-up on the current connection has come: `Worker.start` waits while it moves.
+
+    The I/O thread reports every batch of bindings the broker confirmed; `stopping()` true makes the
+    next report end the set-up (the worker is stopping: no need to bind the rest).
+    """
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        self.declared = 0  # bindings confirmed on the current connection
+        self.total = 0
+        self.moved = float("-inf")  # monotonic time of the last report
+        self._stopping = stopping
+
+    def begin(self, total: int) -> None:
+        """Start counting the `total` bindings of a new connection's set-up."""
+        self.declared, self.total = 0, total
+
+    def advance(self, count: int) -> None:
+        """Count `count` more bindings confirmed by the broker."""
+        if self._stopping():
+            raise ConnectionLost("set-up abandoned: the worker is stopping")
+        self.declared += count
+        self.moved = time.monotonic()
+
+    def wait(self, done: threading.Event, timeout: float | None, settings: Settings) -> ConnectionLost | None:
+        """Wait for `done`; return None once it is set, else the error that says how far set-up came.
+
+        With `timeout`, wait that long in all. Without, wait `start_wait(settings)`, and as long again
+        from each batch of bindings the broker confirms: a set-up that progresses is waited for, one
+        that stalls ends the wait that long after its last progress (a broker that stops answering
+        sooner: the socket's read timeout drops the connection, which fails the start at once).
+        """
+        began = time.monotonic()
+        wait = start_wait(settings) if timeout is None else timeout
+        limit = began + wait
+        while not done.wait(max(0.0, limit - time.monotonic())):
+            renewed = self.moved + wait
+            if timeout is not None or renewed <= time.monotonic():
+                declared = f" ({self.declared:,} of {self.total:,} bindings declared)" if self.total else ""
+                return ConnectionLost(f"not consuming after {time.monotonic() - began:.1f} s{declared}")
+            limit = renewed
+        return None
+
+
+def start_wait(settings: Settings) -> float:
+    """Return how long `Worker.start` waits by default for the connection and a set-up step."""
+    return settings.connect_timeout * 2 + 5
+
+
+def declare_service(
+    conn: Connection, service: str, settings: Settings, registry: Registry, progress: SetupProgress
+) -> None:
+    """Declare `service`'s exchanges, its lanes' queues with their bindings, and its dead-letter queue."""
+    channel = conn.channel()
+    kinds = sorted(registry.kinds())
+    queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind)) for kind in kinds]
+    progress.begin(sum(len(queue.bindings) for queue in queues))
+    for queue in queues:
+        if is_amqp(conn):
+            _declare_and_bind(channel, queue, service, progress)
+        else:  # kombu's virtual transport binds in memory, without round trips
+            queue(channel).declare()
+            progress.advance(len(queue.bindings))
+    topology.dead_letter_queue(service, settings)(channel).declare()
+    channel.close()
+
+
+def _declare_and_bind(channel: Any, queue: Queue, service: str, progress: SetupProgress) -> None:
+    """Declare `queue` and its exchanges, then bind its patterns without a round trip each."""
+    for exchange in {b.exchange.name: b.exchange for b in queue.bindings}.values():
+        exchange(channel).declare()  # before any bind: binding to a missing exchange fails
+    queue(channel).queue_declare()
+    keys = [(b.exchange.name, b.routing_key) for b in queue.bindings]
+    began = time.perf_counter()
+    for start in range(0, len(keys), _BIND_BATCH):
+        batch = keys[start : start + _BIND_BATCH]
+        for exchange_name, pattern in batch:
+            channel.queue_bind(queue=queue.name, exchange=exchange_name, routing_key=pattern, nowait=True)
+        # RabbitMQ runs a channel's methods in order: this reply means every bind above was applied,
+        # and a bind it refused closed the channel, which this call raises.
+        channel.queue_declare(queue=queue.name, passive=True)
+        progress.advance(len(batch))
+        done = start + len(batch)
+        if len(keys) >= _LOG_EVERY and (done % _LOG_EVERY == 0 or done == len(keys)):
+            duration_ms = round((time.perf_counter() - began) * 1000, 3)
+            logger.info(
+                "bindings_declared",
+                service=service,
+                queue=queue.name,
+                declared=done,
+                total=len(keys),
+                duration_ms=duration_ms,
+            )
 
 
 def open_lane(
@@ -25,16 +137,10 @@ def open_lane(
     on_decode_error: Callable[[Any, BaseException], None],
     fast: bool,
 ) -> tuple[Consumer, Publisher]:
-    """Declare `kind`'s queue of `service` on a channel of its own and consume it; return both ends."""
+    """Consume `kind`'s queue of `service` (`declare_service` declared it) on a channel of its own."""
     channel = conn.channel()
-    patterns = registry.patterns(kind)
-    if kind == "call":
-        queue = topology.call_queue(service, settings, patterns)
-        prefetch = settings.call_concurrency
-    else:
-        queue = topology.event_queue(service, settings, patterns)
-        prefetch = settings.event_prefetch
-    queue(channel).declare()
+    queue = topology.lane_queue(kind, service, settings, registry.patterns(kind))
+    prefetch = settings.call_concurrency if kind == "call" else settings.event_prefetch
     # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
     # mostly acked with nothing to publish, need no round trip for that.
     publisher = Publisher(conn, channel, on_return=on_return, transactional=kind == "call", fast=fast)

@@ -9,8 +9,8 @@ from tchu_rpc._amqp.properties import printable
 from tchu_rpc._worker.dispatch import topic_of
 
 
-def answer(message: Any, body: bytes, content_type: str) -> dict[str, Any]:
-    """Return the publish arguments of a reply (or progress) to the call `message`."""
+def answer(message: Any, body: bytes, content_type: str, service: str) -> dict[str, Any]:
+    """Return the publish arguments of a reply (or progress) to the call `message` from `service`."""
     reply_to = message.properties["reply_to"]
     return dict(
         body=body,
@@ -21,6 +21,7 @@ def answer(message: Any, body: bytes, content_type: str) -> dict[str, Any]:
         mandatory=not reply_to.startswith(topology.DIRECT_REPLY_TO),
         delivery_mode=1,
         correlation_id=message.properties["correlation_id"],
+        app_id=service,  # who answered: a caller that gets two answers can say which services ran it
         content_type=content_type,
         content_encoding=wire.codec_of(content_type).content_encoding,
     )

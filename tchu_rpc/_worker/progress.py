@@ -34,5 +34,5 @@ class ProgressSender:
         publisher = self._settler.publishers.get(job.kind)
         if job.timed_out or job.generation != self._loop.generation or publisher is None:
             return  # answered already, or its reply address died with the old connection
-        publisher.publish(**outgoing.answer(job.message, body, content_type))
+        publisher.publish(**outgoing.answer(job.message, body, content_type, self._service))
         log.debug("progress_sent", service=self._service, **describe(job.message))

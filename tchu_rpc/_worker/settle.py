@@ -31,6 +31,8 @@ class Job:
     kind: Kind
     generation: int  # of the connection it came on: its ack and reply address die with it
     message: Any
+    #: When it arrived (`time.perf_counter()`), at the earliest: when the loop that read it began to
+    #: wait for the socket (`Loop.looked_at`), so that a pause of the process counts as waiting.
     received: float = field(default_factory=time.perf_counter)
     timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
 
@@ -87,10 +89,20 @@ class Settler:
         logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
         return outgoing.copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
 
-    def counted_copy(self, kind: Kind, message: Any, earlier: int) -> dict[str, Any]:
-        """Return the publish arguments of `message`'s copy to its own queue, counting deliveries."""
-        queue = f"{self.service}.{'calls' if kind == 'call' else 'events'}"
-        return outgoing.copy(message, queue, {wire.HEADER_DELIVERIES: earlier})
+    def counted_copy(self, job: Job, earlier: int) -> dict[str, Any]:
+        """Return the publish arguments of `job`'s copy to its own queue, counting deliveries.
+
+        A call's copy keeps the time its caller has left, less what it spent here, in its header and
+        as its `expiration`: a copy must not give an expired call a fresh window.
+        """
+        message = job.message
+        queue = f"{self.service}.{'calls' if job.kind == 'call' else 'events'}"
+        extra: dict[str, Any] = {wire.HEADER_DELIVERIES: earlier}
+        remaining = (message.headers or {}).get(wire.HEADER_TIMEOUT)
+        if job.kind == "call" and isinstance(remaining, int | float) and not isinstance(remaining, bool):
+            extra[wire.HEADER_TIMEOUT] = left = remaining - (time.perf_counter() - job.received)
+            return {**outgoing.copy(message, queue, extra), "expiration": max(left, 0.001)}
+        return outgoing.copy(message, queue, extra)
 
     def abandon(self, job: Job) -> None:
         """Give up on `job`: its connection is gone, and the broker redelivers it."""

@@ -105,12 +105,20 @@ def _client(tchu: TchuFactory, url: str) -> Client:
     return tchu.client(broker_url=url)
 
 
+# A worker with one call thread runs each handler on its I/O thread (a standby thread serves the
+# connection meanwhile); with more, handlers run on a lane of threads: resets must not care.
+# The tests name `fault_proxy` before `tchu`, so that the proxy is torn down last: the worker stops
+# while it still reaches the broker (else it waits out kombu's 2 s pause between connection attempts).
+call_concurrency = pytest.mark.parametrize("call_concurrency", [1, 4])
+
+
 @pytest.mark.timeout(120)
+@call_concurrency
 def test_resets_fail_in_flight_calls_promptly_with_connection_lost(
-    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str
+    fault_proxy: FaultProxy, fault_proxy_url: str, tchu: TchuFactory, call_concurrency: int
 ) -> None:
     # Given a worker and a client, both connected through the proxy
-    tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=4)
+    tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=call_concurrency)
     client = _client(tchu, fault_proxy_url)
     assert client.call("rpc.resets.double", {"n": -1}, timeout=TIMEOUT) == {"n": -1, "double": -2}
 
@@ -132,11 +140,12 @@ def test_resets_fail_in_flight_calls_promptly_with_connection_lost(
 
 
 @pytest.mark.timeout(120)
+@call_concurrency
 def test_idempotent_calls_all_succeed_across_resets(
-    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str
+    fault_proxy: FaultProxy, fault_proxy_url: str, tchu: TchuFactory, call_concurrency: int
 ) -> None:
     # Given a worker and a client, both connected through the proxy
-    tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=4)
+    tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=call_concurrency)
     client = _client(tchu, fault_proxy_url)
 
     def call(n: int) -> Any:
@@ -152,11 +161,12 @@ def test_idempotent_calls_all_succeed_across_resets(
 
 
 @pytest.mark.timeout(120)
+@call_concurrency
 def test_worker_that_survived_resets_stops_at_once(
-    tchu: TchuFactory, fault_proxy: FaultProxy, fault_proxy_url: str
+    fault_proxy: FaultProxy, fault_proxy_url: str, tchu: TchuFactory, call_concurrency: int
 ) -> None:
     # Given a worker through the proxy that lived through 40 resets under load
-    worker = tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=4)
+    worker = tchu.worker(_registry(), "resets", broker_url=fault_proxy_url, call_concurrency=call_concurrency)
     client = _client(tchu, fault_proxy_url)
     run = _drive(fault_proxy, lambda n: client.call("rpc.resets.double", {"n": n}, timeout=TIMEOUT), 50, 40)
     _check_bounded(run, resets=40)

@@ -97,9 +97,9 @@ def test_a_call_alone_in_flight_is_read_on_its_callers_thread(
     # Given a client whose reply handler notes the thread that reads each reply
     readers: list[str] = []
 
-    def noting(inflight: Any, callbacks: Any, message: Any) -> None:
+    def noting(inflight: Any, callbacks: Any, limit: int, message: Any) -> None:
         readers.append(threading.current_thread().name)
-        on_reply(inflight, callbacks, message)
+        on_reply(inflight, callbacks, limit, message)
 
     monkeypatch.setattr(client_module, "on_reply", noting)
     client = _connected(tchu, _registry(gates, started))

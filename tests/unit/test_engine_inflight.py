@@ -18,8 +18,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from tchu_rpc._client import inflight as inflight_module
+from tchu_rpc._client.arguments import checked_timeout
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
-from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, checked_timeout, wait
+from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
 from tchu_rpc.errors import CallTimeout
 
 pytestmark = pytest.mark.timeout(30)

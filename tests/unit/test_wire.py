@@ -79,9 +79,17 @@ def test_msgpack_round_trips_non_finite_floats() -> None:
     assert math.isnan(decoded[2])
 
 
-def test_json_encodes_non_finite_floats_as_null() -> None:
-    # JSON has no NaN or Infinity; msgspec writes null rather than invalid JSON.
-    assert JSON.decode(wire.encode(JSON, [math.inf, math.nan], LIMIT)) == [None, None]
+@pytest.mark.parametrize(
+    "value", [math.inf, [1.0, -math.inf], {"a": {"b": math.nan}}, ({"x": [None, math.nan]},)]
+)
+def test_json_refuses_non_finite_floats_instead_of_sending_null(value: object) -> None:
+    # JSON has no NaN or Infinity: msgspec would write null, which the receiver would take for None.
+    with pytest.raises(EncodeError, match="NaN and infinity"):
+        wire.encode(JSON, value, LIMIT)
+
+
+def test_json_still_encodes_none_and_finite_floats_beside_it() -> None:
+    assert JSON.decode(wire.encode(JSON, [None, 1.5, {"a": None}], LIMIT)) == [None, 1.5, {"a": None}]
 
 
 def test_json_encodes_utf8_text() -> None:

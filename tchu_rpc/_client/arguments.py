@@ -1,0 +1,61 @@
+"""Check what a caller passes to `call`, `call_async` and `publish` before anything is sent."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from tchu_rpc.errors import ArgumentTypeError, ConfigError, TopicError
+from tchu_rpc.registry import default_kind
+
+#: The longest timeout RabbitMQ takes as a message's `expiration` (a longer one closes the connection).
+MAX_TIMEOUT = 315_360_000.0
+
+
+def checked_timeout(timeout: float | None, default: float, name: str = "timeout") -> float:
+    """Return `timeout`, or `default` for None; refuse what is not a positive number of seconds.
+
+    Raises:
+        ArgumentTypeError: not an int or a float (a bool or a string is refused, not converted).
+        ConfigError: not finite, not above 0, or over `MAX_TIMEOUT`.
+    """
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        kind = type(timeout).__name__
+        raise ArgumentTypeError(f"{name} must be a number of seconds, not {kind}: {timeout!r}")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ConfigError(
+            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT:.0f} (RabbitMQ's limit "
+            f"for a message's expiration), got {timeout!r}"
+        )
+    return float(timeout)
+
+
+def call_arguments(
+    timeout: float | None,
+    default: float,
+    max_timeout: float | None,
+    idempotent: object,
+    on_progress: Callable[[Any], None] | None,
+) -> tuple[float, float]:
+    """Return a call's timeout and how far progress may move its deadline (`max_timeout` or inf)."""
+    timeout = checked_timeout(timeout, default)
+    latest = math.inf if max_timeout is None else checked_timeout(max_timeout, 0.0, "max_timeout")
+    if latest < timeout:
+        raise ConfigError(f"max_timeout ({max_timeout!r}) must be at least timeout ({timeout!r})")
+    if not isinstance(idempotent, bool):
+        raise ArgumentTypeError(f"idempotent must be True or False, not {idempotent!r}")
+    if on_progress is not None and not callable(on_progress):
+        raise ArgumentTypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
+    return timeout, latest
+
+
+def event_topic(topic: object, allow_call_topic: object) -> None:
+    """Refuse to publish a call's topic as an event unless `allow_call_topic` is True."""
+    if isinstance(topic, str) and default_kind(topic) == "call" and allow_call_topic is not True:
+        raise TopicError(
+            f"topic {topic!r} names a call (its first word is 'rpc'): use call(), or publish it as an "
+            "event with allow_call_topic=True"
+        )
