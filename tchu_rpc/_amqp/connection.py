@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
+import time
 from typing import Any
 
 from kombu import Connection
@@ -37,7 +38,7 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
     return options
 
 
-def open_connection(settings: Settings) -> Connection:
+def open_connection(settings: Settings, cancel: threading.Event | None = None) -> Connection:
     """Return a connected kombu connection built from `settings`, within a bounded time.
 
     Every step is bounded: the name lookup and the TCP connect and handshake by `connect_time`
@@ -47,7 +48,11 @@ def open_connection(settings: Settings) -> Connection:
     """
     attempt = _Attempt(settings)
     threading.Thread(target=attempt.run, name="tchu-connect", daemon=True).start()
-    return attempt.result(connect_time(settings))
+    return attempt.result(connect_time(settings), cancel or threading.Event())
+
+
+#: How often a wait for a connection looks whether its loop was stopped meanwhile.
+_CANCEL_POLL = 0.1
 
 
 def connect_time(settings: Settings) -> float:
@@ -64,13 +69,19 @@ class _Attempt:
         self._lock = threading.Lock()
         self._abandoned = False
 
-    def result(self, timeout: float) -> Connection:
-        try:
-            outcome = self._outcome.get(timeout=timeout)
-        except queue.Empty:
+    def result(self, timeout: float, cancel: threading.Event) -> Connection:
+        deadline = time.monotonic() + timeout
+        outcome: Connection | BaseException | None = None
+        while outcome is None and not cancel.is_set() and (left := deadline - time.monotonic()) > 0:
+            try:
+                outcome = self._outcome.get(timeout=min(left, _CANCEL_POLL))
+            except queue.Empty:
+                pass
+        if outcome is None:
             with self._lock:
                 self._abandoned = True
-            outcome = TimeoutError(f"no connection within {timeout:g} s (name lookup, TCP or handshake)")
+            why = "stopped" if cancel.is_set() else f"no connection within {timeout:g} s"
+            outcome = TimeoutError(f"{why} (name lookup, TCP or handshake)")
         if isinstance(outcome, BaseException):
             where = mask_url(self.settings.broker_url)
             raise ConnectionLost(
@@ -103,7 +114,8 @@ class _Attempt:
             transport_options={"write_timeout": bound, "read_timeout": bound},
         )
         try:
-            conn.connect()
+            # One attempt: kombu's `connect()` tries twice, two seconds apart; the loop retries itself.
+            conn.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         except Exception:
             conn.release()
             raise

@@ -178,7 +178,7 @@ class Loop:
 
     def _connect(self) -> bool:
         try:
-            self.connection = open_connection(self.settings)
+            self.connection = open_connection(self.settings, self._stop)
             self._amqp = self.connection.connection
             self.socket = getattr(self._amqp, "sock", None)
             self.fast = self.settings.fast_path and self.socket is not None and internals.usable(self._amqp)
