@@ -21,6 +21,7 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import topology, wire
+from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
@@ -61,6 +62,7 @@ class Client:
         self._callbacks = Callbacks("tchu-client-callbacks")
         self._watchdog = Watchdog("tchu-client-deadlines", self._inflight, self._expire)
         self._publisher: Publisher | None = None
+        self._block = BlockWatch("tchu-client", self._send_held)
         self._reply_to = ""
         self._loop = LeadingLoop(
             "tchu-client",
@@ -223,6 +225,11 @@ class Client:
         on_message = partial(on_reply, self._inflight, self._callbacks, self.settings.max_message_bytes)
         Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
         self._reply_to = queue.name
+        if is_amqp(conn):
+            self._block.attach(conn.connection)
+        self._send_held()
+
+    def _send_held(self) -> None:
         for message_id, pending in self._inflight.items():
             if not pending.sent:
                 self._loop.submit(partial(self._send, message_id))
@@ -230,8 +237,8 @@ class Client:
     def _send(self, message_id: str) -> None:
         pending = self._inflight.get(message_id)
         publisher = self._publisher
-        if pending is None or pending.sent or publisher is None:
-            return  # settled already, or waiting for the next connection
+        if pending is None or pending.sent or publisher is None or self._block.reason is not None:
+            return  # settled already, or held for the next connection or the end of a block
         remaining = pending.deadline - time.monotonic()
         if remaining <= 0:
             return  # the tick expires it
@@ -273,7 +280,7 @@ class Client:
         return next_due
 
     def _expired(self, pending: Pending) -> TchuError:
-        return expired(pending, self._loop.connection is not None, self._loop.last_error)
+        return expired(pending, self._loop.connection is not None, self._loop.last_error, self._block.reason)
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -111,7 +112,11 @@ class _Attempt:
             connect_timeout=settings.connect_timeout,
             ssl=tls_options(settings) or False,
             # A virtual transport's polling interval is set by the I/O loop before each drain.
-            transport_options={"write_timeout": bound, "read_timeout": bound},
+            transport_options={
+                "write_timeout": bound,
+                "read_timeout": bound,
+                "socket_settings": _tcp(settings),
+            },
         )
         try:
             # One attempt: kombu's `connect()` tries twice, two seconds apart; the loop retries itself.
@@ -122,6 +127,16 @@ class _Attempt:
         if is_amqp(conn):
             properties.tolerate(conn.connection)  # a message with non-UTF-8 properties must not fail it
         return conn
+
+
+def _tcp(settings: Settings) -> dict[int, int]:
+    # py-amqp aborts a connection whose sent data stays unacknowledged for 1 s (TCP_USER_TIMEOUT):
+    # a broker that blocks publishers during a resource alarm stops reading, and 1 s later the
+    # connection was gone, again and again. Heartbeats find a dead broker; this is the backstop.
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        return {}
+    return {option: int(max(2 * settings.heartbeat, 60.0) * 1000)}
 
 
 def is_amqp(conn: Connection) -> bool:

@@ -82,11 +82,19 @@ def no_route(routing_key: str, exchange: str, text: str) -> NoRoute:
     )
 
 
-def expired(pending: Pending, connected: bool, last_error: BaseException | None) -> TchuError:
-    """Return the error of a call or publish whose deadline passed."""
+def expired(
+    pending: Pending, connected: bool, last_error: BaseException | None, blocked: str | None = None
+) -> TchuError:
+    """Return the error of a call or publish whose deadline passed; say whether it may still arrive."""
+    what = f"{pending.kind} {pending.topic!r}"
+    if blocked is not None and not pending.sent:
+        why = f"not sent: the broker blocks publishers ({blocked}) until its resource alarm clears"
+        return (PublishFailed if pending.kind == "event" else CallTimeout)(f"{what} {why}")
     if not connected or not pending.sent:
         why = f": {last_error}" if last_error is not None else " (not connected yet)"
-        return ConnectionLost(f"broker unreachable for {pending.kind} {pending.topic!r}{why}")
+        return ConnectionLost(f"broker unreachable for {what}{why}")
+    also = f" (the broker blocks publishers: {blocked})" if blocked is not None else ""
     if pending.kind == "event":
-        return PublishFailed(f"no confirm for event {pending.topic!r} before the deadline")
-    return CallTimeout(f"no reply to call {pending.topic!r} before the deadline")
+        # Sent, not confirmed: the broker may have it, and may still deliver it.
+        return PublishFailed(f"no confirm for {what} before the deadline{also}; it may still be delivered")
+    return CallTimeout(f"no reply to {what} before the deadline{also}")

@@ -56,22 +56,30 @@ class SetupProgress:
         self.moved = time.monotonic()
 
     def wait(self, done: threading.Event, timeout: float | None, settings: Settings) -> ConnectionLost | None:
-        """Wait for `done`; return None once it is set, else the error that says how far set-up came.
+        """Wait for `done` as `Worker.start` does; return None once it is set, else why it is not.
 
-        With `timeout`, wait that long in all. Without, wait `start_wait(settings)`, and as long again
-        from each batch of bindings the broker confirms: a set-up that progresses is waited for, one
-        that stalls ends the wait that long after its last progress (a broker that stops answering
-        sooner: the socket's read timeout drops the connection, which fails the start at once).
+        With `timeout`, wait that long in all. Without, wait `start_wait(settings)`, renewed by each
+        batch of bindings the broker confirms (see `wait_for`).
+        """
+        if timeout is not None:
+            return self.wait_for(done, timeout, renewed=False)
+        return self.wait_for(done, start_wait(settings), renewed=True)
+
+    def wait_for(self, done: threading.Event, wait: float, *, renewed: bool) -> ConnectionLost | None:
+        """Wait up to `wait` s for `done`, and with `renewed` up to `wait` s after the latest progress.
+
+        A set-up that progresses is then waited for, and one that stalls ends the wait `wait` s after
+        its last progress (a broker that stops answering, sooner: the socket's read timeout drops the
+        connection, which fails the start at once). Return None once `done` is set, else the error
+        that says how far the set-up came.
         """
         began = time.monotonic()
-        wait = start_wait(settings) if timeout is None else timeout
         limit = began + wait
         while not done.wait(max(0.0, limit - time.monotonic())):
-            renewed = self.moved + wait
-            if timeout is not None or renewed <= time.monotonic():
+            if not renewed or self.moved + wait <= time.monotonic():
                 declared = f" ({self.declared:,} of {self.total:,} bindings declared)" if self.total else ""
                 return ConnectionLost(f"not consuming after {time.monotonic() - began:.1f} s{declared}")
-            limit = renewed
+            limit = self.moved + wait
         return None
 
 
@@ -103,7 +111,7 @@ def _declare_and_bind(channel: Any, queue: Queue, service: str, progress: SetupP
     for exchange in {b.exchange.name: b.exchange for b in queue.bindings}.values():
         exchange(channel).declare()  # before any bind: binding to a missing exchange fails
     queue(channel).queue_declare()
-    keys = [(b.exchange.name, b.routing_key) for b in queue.bindings]
+    keys = sorted((b.exchange.name, b.routing_key) for b in queue.bindings)  # kombu keeps a set
     began = time.perf_counter()
     for start in range(0, len(keys), _BIND_BATCH):
         batch = keys[start : start + _BIND_BATCH]

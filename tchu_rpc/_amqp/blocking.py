@@ -1,0 +1,40 @@
+"""The broker's `connection.blocked`: while a resource alarm lasts, it stops reading from publishers.
+
+RabbitMQ blocks the connections that publish during a memory or disk alarm and says so with
+`connection.blocked` (with a reason, "low on disk") and `connection.unblocked`. A `BlockWatch` keeps
+the reason while a connection is blocked, so that a client holds what it has not sent yet (writing
+it would only fill the socket's buffers) and its errors say why; it calls `on_unblocked` when the
+alarm is over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tchu_rpc.log import logger
+
+
+class BlockWatch:
+    """Whether (and why) the broker blocks one loop's connection."""
+
+    def __init__(self, name: str, on_unblocked: Callable[[], None]) -> None:
+        self._name = name
+        self._on_unblocked = on_unblocked
+        #: The broker's reason while it blocks the connection ("low on disk"), else None.
+        self.reason: str | None = None
+
+    def attach(self, connection: Any) -> None:
+        """Follow py-amqp `connection`'s blocked and unblocked notices (a new connection: unblocked)."""
+        self.reason = None
+        connection.on_blocked = self._blocked
+        connection.on_unblocked = self._unblocked
+
+    def _blocked(self, reason: str | None = None) -> None:
+        self.reason = reason or "a resource alarm"
+        logger.warning("broker_blocked", loop=self._name, reason=self.reason)
+
+    def _unblocked(self) -> None:
+        self.reason = None
+        logger.warning("broker_unblocked", loop=self._name)
+        self._on_unblocked()
