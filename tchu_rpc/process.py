@@ -13,6 +13,7 @@ import time
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
@@ -21,6 +22,11 @@ from tchu_rpc.worker import Worker
 
 _RESTART_DELAY_MAX = 5.0
 _KILL_AFTER = 5.0  # seconds past the grace period before a child is killed
+#: A child's exit code when it cannot start for a reason a restart will not change (EX_CONFIG):
+#: a handler module that does not import, a queue the broker refuses to declare as asked.
+EXIT_CONFIG = 78
+#: The supervisor gives up once this many children in a row exited with `EXIT_CONFIG` at start.
+_CONFIG_FAILURES = 3
 
 
 def import_handlers(modules: list[str]) -> None:
@@ -44,11 +50,16 @@ def import_handlers(modules: list[str]) -> None:
             raise ConfigError(f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _child_main(modules: list[str], queue: str, settings: Settings, log_level: str) -> None:
+def _child_main(modules: list[str], queue: str, settings: Settings, log_level: str, errors: Any) -> None:
     configure(log_level)
     threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
-    import_handlers(modules)
-    Worker(queue=queue, settings=settings).run()
+    try:
+        import_handlers(modules)
+        Worker(queue=queue, settings=settings).run()  # a ConfigError comes from start(), not later
+    except ConfigError as exc:
+        logger.error("worker_start_refused", error=str(exc))
+        errors.put(str(exc))  # the supervisor gives up with it after a few in a row
+        sys.exit(EXIT_CONFIG)
 
 
 def _stop_with_parent() -> None:
@@ -67,9 +78,12 @@ class Supervisor:
     ) -> None:
         if processes < 1:
             raise ConfigError(f"concurrency must be at least 1, got {processes}")
-        self._args = (modules, queue, settings, log_level)
-        self._grace = settings.shutdown_grace
         self._context = multiprocessing.get_context("spawn")
+        self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
+        self._args = (modules, queue, settings, log_level, self._errors)
+        self._config_failures = 0
+        self._gave_up: str | None = None
+        self._grace = settings.shutdown_grace
         self._children: list[BaseProcess | None] = [None] * processes
         self._delays = [0.0] * processes
         self._born = [0.0] * processes
@@ -115,10 +129,24 @@ class Supervisor:
                 continue
             child.join()
             logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
+            if self._refused(child.exitcode):
+                return
             # Restart at once after a long life; back off while a child keeps dying young.
             young = now - self._born[slot] < _RESTART_DELAY_MAX
             self._delays[slot] = min(self._delays[slot] * 2 or 0.1, _RESTART_DELAY_MAX) if young else 0.0
             self._restart_at[slot] = now + self._delays[slot]
+
+    def _refused(self, exitcode: int | None) -> bool:
+        """Count children that could not start in a row; give up after a few (a restart won't help)."""
+        self._config_failures = self._config_failures + 1 if exitcode == EXIT_CONFIG else 0
+        if self._config_failures < _CONFIG_FAILURES:
+            return False
+        reason = "see the worker_start_refused events above"
+        while not self._errors.empty():
+            reason = self._errors.get()
+        self._gave_up, self._stopping = reason, True
+        logger.error("supervisor_gave_up", failures=self._config_failures, error=reason)
+        return True
 
     def _shutdown(self) -> int:
         children = [c for c in self._children if c is not None]
@@ -133,4 +161,4 @@ class Supervisor:
                 child.kill()
                 child.join(5)
         logger.info("supervisor_stopped", processes=len(children))
-        return 0
+        return 0 if self._gave_up is None else EXIT_CONFIG

@@ -20,6 +20,7 @@ from kombu import Connection, Consumer
 
 from tchu_rpc import topology
 from tchu_rpc._amqp import properties
+from tchu_rpc._amqp.connection import refusal
 from tchu_rpc._amqp.inline_calls import DeferringLoop
 from tchu_rpc._worker import outgoing
 from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
@@ -78,13 +79,8 @@ class Worker:
         self._cancelled = False
         self._stopped = self._serving = False
         self._stop_lock = threading.Lock()
-        self._loop = DeferringLoop(
-            f"tchu-worker-{queue}",
-            self.settings,
-            on_connect=self._setup,
-            on_lost=self._lost,
-            on_tick=self._enforce_time_limit,
-        )
+        hooks = {"on_connect": self._setup, "on_lost": self._lost, "on_tick": self._enforce_time_limit}
+        self._loop = DeferringLoop(f"tchu-worker-{queue}", self.settings, **hooks)
         self._progress = ProgressSender(
             self.service, self._loop, self._settler, self.settings.max_message_bytes
         )
@@ -96,8 +92,9 @@ class Worker:
         `timeout` bounds it all; by default `2 x connect_timeout + 5` s, renewed while bindings progress.
 
         Raises:
-            ConfigError: the registry has no handlers.
-            ConnectionLost: the broker could not be reached, refused the set-up, or it did not finish.
+            ConfigError: the registry has no handlers, or the broker refused the set-up for good (a
+                queue that exists with other arguments, a missing permission), with its reason.
+            ConnectionLost: the broker could not be reached, or the set-up did not finish.
         """
         if not len(self.registry):
             raise ConfigError(f"worker {self.service!r} has no handlers registered")
@@ -112,8 +109,9 @@ class Worker:
         self._loop.start()
         if (error := progress.wait(self._started, timeout, self.settings) or self._start_error) is not None:
             self.stop(0)
-            where = mask_url(self.settings.broker_url)
-            raise ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}") from error
+            where, refused = mask_url(self.settings.broker_url), refusal(error)
+            kind = ConfigError if refused else ConnectionLost  # a refusal that no retry will change
+            raise kind(f"worker {self.service!r} cannot start on {where}: {refused or error}") from error
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -243,11 +241,9 @@ class Worker:
         expired, next_due = self._limits.expired(now)
         for job in expired:
             job.timed_out = True
+            limit, about = self._limits.limit, describe(job.message)
             logger.error(
-                "handler_time_limit_exceeded",
-                service=self.service,
-                handler_time_limit=self._limits.limit,
-                **describe(job.message),
+                "handler_time_limit_exceeded", service=self.service, handler_time_limit=limit, **about
             )
             self._lanes[job.kind].abandon(job)
             self._finish(job, self._dispatcher.timed_out(job.message, self._limits.limit or 0.0))
@@ -292,7 +288,7 @@ class Worker:
     def _exit(self, job: Job, exc: BaseException) -> None:
         """Stop as on SIGTERM: a handler asked the process to exit; its message is redelivered."""
         logger.error(
-            "handler_exited", service=self.service, error_type=type(exc).__name__, **describe(job.message)
+            "handler_exited", service=self.service, error=type(exc).__name__, **describe(job.message)
         )
         self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
         self._stop_requested.set()  # `run()` stops; an embedded worker stops on a thread of its own

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from amqp.exceptions import AccessRefused, NotAllowed, NotFound, PreconditionFailed
 from kombu import Connection
 
 from tchu_rpc._amqp import properties
@@ -137,6 +138,21 @@ def _tcp(settings: Settings) -> dict[int, int]:
     if option is None:
         return {}
     return {option: int(max(2 * settings.heartbeat, 60.0) * 1000)}
+
+
+#: The broker's refusals that no retry changes: 403 access refused, 404 not found, 406 precondition
+#: failed (a queue that exists with other arguments), 530 not allowed (a vhost).
+_REFUSALS = (AccessRefused, NotFound, PreconditionFailed, NotAllowed)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Return the broker's reason if `exc` (or what caused it) is a refusal no retry changes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _REFUSALS):
+            return f"the broker refused: {seen}"
+        seen = seen.__cause__
+    return None
 
 
 def is_amqp(conn: Connection) -> bool:

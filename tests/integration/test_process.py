@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from kombu import Connection
 from structlog.testing import capture_logs
 
-from tchu_rpc import CallTimeout, Client, NoRoute
+from tchu_rpc import CallTimeout, Client, ConfigError, NoRoute, Registry, Worker
+from tchu_rpc.process import EXIT_CONFIG
 from tchu_rpc.testing import TchuFactory
 
 HANDLERS = str(Path(__file__).with_name("process_handlers.py"))
@@ -289,3 +291,52 @@ def _wait_for_log(worker: WorkerProcess, *words: str, count: int = 1, within: fl
             return lines
         assert time.monotonic() < deadline, f"not {count} log lines with {words}:\n{worker.log_text()}"
         time.sleep(_POLL)  # the log is written by another process
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_whose_queue_the_broker_refuses_gives_up_with_the_reason_and_a_non_zero_exit(
+    tchu: TchuFactory, tmp_path: Path
+) -> None:
+    # Given a service whose call queue exists as a quorum queue, and workers that want it classic
+    service = tchu.service("refused")
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        conn.channel().queue_declare(
+            f"{service}.calls", durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"}
+        )
+
+    # When the supervisor runs them
+    log = tmp_path / "refused.log"
+    with log.open("wb") as out:
+        done = subprocess.run(
+            _tchu_rpc(
+                "worker", HANDLERS, "--queue", service, "--concurrency", "2", "--broker", tchu.broker_url
+            ),
+            env=_env(tchu),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=90,
+            check=False,
+        )
+
+    # Then it gives up by itself (no restart for ever) with EX_CONFIG, and says the broker's reason
+    text = log.read_text(errors="replace")
+    assert done.returncode == EXIT_CONFIG, text
+    assert "supervisor_gave_up" in text and "inequivalent arg" in text, text
+    assert text.count("worker_process_started") <= 4, text
+
+
+@pytest.mark.timeout(60)
+def test_an_embedded_worker_whose_queue_the_broker_refuses_raises_config_error_with_the_reason(
+    tchu: TchuFactory,
+) -> None:
+    service = tchu.service("refused")
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        conn.channel().queue_declare(
+            f"{service}.calls", durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"}
+        )
+    registry = Registry()
+    registry.subscribe("rpc.refused.ping")(lambda data: data)
+    worker = Worker(queue=service, registry=registry, settings=tchu.settings)
+    with pytest.raises(ConfigError, match="inequivalent arg"):
+        worker.start()
+    worker.stop(0)
