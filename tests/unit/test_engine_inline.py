@@ -73,7 +73,7 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[PairConnection
     """
     made: list[PairConnection] = []
 
-    def open_connection(settings: Settings) -> PairConnection:
+    def open_connection(settings: Settings, cancel: object = None) -> PairConnection:
         made.append(PairConnection())
         return made[-1]
 

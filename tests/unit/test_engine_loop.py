@@ -129,7 +129,7 @@ def pair_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[PairConne
     """
     made: list[PairConnection] = []
 
-    def open_connection(settings: Settings) -> PairConnection:
+    def open_connection(settings: Settings, cancel: object = None) -> PairConnection:
         made.append(PairConnection())
         return made[-1]
 
