@@ -7,12 +7,12 @@ pair for its socket; events gate every step, so each interleaving is the one the
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from engine_support import PairConnection, UpConnection, no_thread_left_behind  # noqa: F401
 
 from tchu_rpc._amqp import loop as loop_module
 from tchu_rpc._amqp.inline_calls import DeferringLoop
@@ -23,46 +23,6 @@ pytestmark = pytest.mark.timeout(30)
 #: Every bounded wait of these tests; far beyond what any step takes, short of the per-test timeout.
 WAIT = 5.0
 STANDBY = "t-inline-standby"
-
-
-class UpConnection:
-    """Stands for a kombu `Connection` that is up (the one a reconnection made)."""
-
-    connected = True
-
-
-class PairConnection:
-    """Stands for an up kombu connection over py-amqp, its socket one end of a socket pair.
-
-    `Loop._check` reads `connected`; a turn waits on `sock`; `collect` is kombu's release of a dead
-    connection. Nothing is ever sent on the pair: only the wake-up pipe ends a wait.
-    """
-
-    def __init__(self) -> None:
-        self.sock, self.broker_end = socket.socketpair()
-        self.connected = True
-        self.connection = self  # its own py-amqp connection (`Loop._amqp`)
-
-    def collect(self) -> None:
-        self.connected = False
-
-    def release(self) -> None:
-        self.connected = False
-
-    def close_all(self) -> None:
-        self.sock.close()
-        self.broker_end.close()
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    """Fail a test that leaves one of its threads running (they are all named `t-...`)."""
-    before = set(threading.enumerate())
-    yield
-    left = [t for t in threading.enumerate() if t not in before and t.name.startswith("t-")]
-    for thread in left:
-        thread.join(WAIT)
-    assert [thread.name for thread in left if thread.is_alive()] == []
 
 
 @pytest.fixture

@@ -10,25 +10,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from engine_support import WAIT, no_thread_left_behind  # noqa: F401
 from structlog.testing import capture_logs
 
 from tchu_rpc._worker.lanes import Lane
 
 pytestmark = pytest.mark.timeout(30)
-
-#: Every bounded wait of these tests; far beyond what any step takes, short of the per-test timeout.
-WAIT = 5.0
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    """Fail a test that leaves one of its threads running (they are all named `t-...`)."""
-    before = set(threading.enumerate())
-    yield
-    left = [t for t in threading.enumerate() if t not in before and t.name.startswith("t-")]
-    for thread in left:
-        thread.join(WAIT)
-    assert [thread.name for thread in left if thread.is_alive()] == []
 
 
 class Job:
