@@ -39,6 +39,8 @@ from tchu_rpc.errors import (
 from tchu_rpc.log import mask_url
 from tchu_rpc.registry import validate_topic
 
+_TOPICS = 4096  # checked topics a client remembers
+
 
 class Client:
     """Publish events and call remote handlers over one broker connection.
@@ -52,6 +54,7 @@ class Client:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self._codec = wire.codec_for(self.settings.serializer)
+        self._topics: set[str] = set()  # topics checked already
         self._closed = False
         self._fresh()
         forks.follow(self)
@@ -169,7 +172,7 @@ class Client:
         # Alone in flight, the caller reads its own outcome (`LeadingLoop.lead`): no hand-over from the I/O
         # thread. With others in flight, the I/O thread serves them all.
         if len(self._inflight) == 1 and self._loop.fast:
-            self._loop.lead(pending.future.done)
+            self._loop.lead(lambda: pending.settled)
         else:
             self._loop.resume()
         return wait(pending, topic)
@@ -200,10 +203,13 @@ class Client:
     ) -> Pending:
         if self._closed:
             raise ConnectionLost("the client is closed")
-        validate_topic(topic)
+        if type(topic) is not str or topic not in self._topics:  # checked once per topic
+            self._topics = set() if len(self._topics) > _TOPICS else self._topics
+            self._topics.add(validate_topic(topic))
         body = wire.encode(self._codec, data, self.settings.max_message_bytes)
         message_id = uuid.uuid4().hex
-        future = CallFuture(self._callbacks)
+        future = CallFuture()
+        future.callbacks = self._callbacks
         now = time.monotonic()
         deadline, latest = now + timeout, now + max_timeout
         pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)

@@ -71,9 +71,8 @@ def reply_queue() -> Queue:
     return Queue(f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
 
 
-def is_reply_address(reply_to: str) -> bool:
-    """Tell whether `reply_to` names a caller's reply address: direct reply-to or a client's queue."""
-    return reply_to.startswith((DIRECT_REPLY_TO, REPLY_QUEUE_PREFIX))
+#: How every caller's reply address begins: direct reply-to, or a client's own reply queue.
+REPLY_ADDRESSES: Final = (DIRECT_REPLY_TO, REPLY_QUEUE_PREFIX)
 
 
 def _bound_queue(name: str, exchange: Exchange, patterns: tuple[str, ...], settings: Settings) -> Queue:

@@ -67,10 +67,8 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
 class CallFuture(futures.Future[Any]):
     """A future whose done-callbacks run on its client's callback thread (see `Callbacks`)."""
 
-    def __init__(self, callbacks: Callbacks) -> None:
-        super().__init__()
-        self._callbacks = callbacks
+    callbacks: Callbacks  # set by the client that makes it
 
     def add_done_callback(self, fn: Callable[[futures.Future[Any]], object]) -> None:
         """Run `fn(future)` on the client's callback thread once the future is done."""
-        super().add_done_callback(lambda future: self._callbacks.run(fn, future))
+        super().add_done_callback(lambda future: self.callbacks.run(fn, future))

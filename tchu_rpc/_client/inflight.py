@@ -34,6 +34,7 @@ class Pending:
     latest: float = math.inf  # the furthest progress may move the deadline (from max_timeout)
     on_progress: Callable[[Any], None] | None = None
     sent: bool = False
+    settled: bool = False  # read without a lock, where `future.done()` would take one
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -81,6 +82,7 @@ class Inflight:
         pending = self._pending.pop(message_id, None)
         if pending is None:
             return
+        pending.settled = True
         said = type(outcome).__name__ if isinstance(outcome, TchuError) else "ok"
         self._recent[message_id] = said if by is None else f"{said} from {by}"
         if len(self._recent) > _RECENT:

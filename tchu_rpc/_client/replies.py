@@ -32,7 +32,8 @@ def on_reply(inflight: Inflight, callbacks: Callbacks, limit: int, message: Any)
         _dropped(inflight, correlation_id, message)
         return
     try:
-        wire.check_size(len(message.body), limit)
+        if len(message.body) > limit:
+            wire.check_size(len(message.body), limit)  # raises, saying so
         codec = wire.codec_of(message.content_type)
         reply = wire.decode_envelope(codec, message.body)
     except (DecodeError, MessageTooLarge) as exc:

@@ -51,8 +51,8 @@ class Dispatcher:
         `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
         `received` is when the worker received it (`time.perf_counter()`; default: now).
         """
-        if not _reply_address(message):
-            reply_to = message.properties.get("reply_to")
+        reply_to = message.properties.get("reply_to")
+        if reply_to and not reply_to.startswith(topology.REPLY_ADDRESSES):
             reason = f"reply_to {reply_to!r} is not a reply address (direct reply-to or a client's queue)"
             logger.warning("request_refused", service=self.service, reason=reason, **describe(message))
             return Outcome(dead_reason=f"BadReplyTo: {reason}")
@@ -204,15 +204,11 @@ def _failure(codec: wire.Codec, info: wire.ErrorInfo, *, dead: bool, answer: boo
 
 
 def _answerable(message: Any) -> bool:
-    props = message.properties
-    return bool(props.get("correlation_id")) and _reply_address(message) and bool(props.get("reply_to"))
-
-
-def _reply_address(message: Any) -> bool:
     # A caller names where to answer; anything but a reply address would let it make the worker
     # publish into another service's queue through the default exchange.
-    reply_to = message.properties.get("reply_to")
-    return not reply_to or topology.is_reply_address(reply_to)
+    props = message.properties
+    reply_to = props.get("reply_to")
+    return bool(reply_to and props.get("correlation_id") and reply_to.startswith(topology.REPLY_ADDRESSES))
 
 
 def _codec_or_json(message: Any) -> wire.Codec:

@@ -149,6 +149,13 @@ class WatchedInflight(Inflight):
         return deadline
 
 
+def _future(callbacks: Callbacks) -> CallFuture:
+    """A future as a client makes it: its done-callbacks go to `callbacks`."""
+    future = CallFuture()
+    future.callbacks = callbacks
+    return future
+
+
 @pytest.fixture
 def make_watchdog() -> Iterator[Callable[[Inflight], tuple[Watchdog, Expiry]]]:
     made: list[Watchdog] = []
@@ -297,7 +304,7 @@ def callbacks() -> Iterator[Callbacks]:
 def test_done_callbacks_run_on_the_callback_thread_in_the_order_futures_settled(callbacks: Callbacks) -> None:
     # Given three futures, each with a done-callback
     log = CallbackLog()
-    first, second, third = (CallFuture(callbacks) for _ in range(3))
+    first, second, third = (_future(callbacks) for _ in range(3))
     first.add_done_callback(log.callback("first"))
     second.add_done_callback(log.callback("second"))
     third.add_done_callback(log.callback("third"))
@@ -314,7 +321,7 @@ def test_done_callbacks_run_on_the_callback_thread_in_the_order_futures_settled(
 
 def test_a_failing_callback_is_logged_and_later_ones_still_run(callbacks: Callbacks) -> None:
     log = CallbackLog()
-    failing, later = CallFuture(callbacks), CallFuture(callbacks)
+    failing, later = _future(callbacks), _future(callbacks)
 
     def explode(future: futures.Future[Any]) -> None:
         raise ValueError("the user's bug")
@@ -340,7 +347,7 @@ def test_a_failing_callback_is_logged_and_later_ones_still_run(callbacks: Callba
 def test_a_callback_added_after_the_future_is_done_runs_on_the_callback_thread(callbacks: Callbacks) -> None:
     # Given a future already settled
     log = CallbackLog()
-    future = CallFuture(callbacks)
+    future = _future(callbacks)
     future.set_result(1)
     # When a callback is added to it
     future.add_done_callback(log.callback("late"))
@@ -352,7 +359,7 @@ def test_a_callback_added_after_the_future_is_done_runs_on_the_callback_thread(c
 def test_a_callback_added_after_close_still_runs(callbacks: Callbacks) -> None:
     # Given a future failed by the client's close, its callback run, and the callback thread closed after
     log = CallbackLog()
-    future = CallFuture(callbacks)
+    future = _future(callbacks)
     future.add_done_callback(log.callback("before close"))
     future.set_exception(CallTimeout("client closed"))
     assert log.wait_for(1)
