@@ -21,17 +21,20 @@ class BlockWatch:
     def __init__(self, name: str, on_unblocked: Callable[[], None]) -> None:
         self._name = name
         self._on_unblocked = on_unblocked
+        self._connection: Any = None
         #: The broker's reason while it blocks the connection ("low on disk"), else None.
         self.reason: str | None = None
 
     def attach(self, connection: Any) -> None:
         """Follow py-amqp `connection`'s blocked and unblocked notices (a new connection: unblocked)."""
         self.reason = None
+        self._connection = connection
         connection.on_blocked = self._blocked
         connection.on_unblocked = self._unblocked
 
     def _blocked(self, reason: str | None = None) -> None:
-        self.reason = reason or "a resource alarm"
+        # The broker's own reason, which `properties.tolerate` keeps, rather than py-amqp's placeholder.
+        self.reason = getattr(self._connection, "tchu_blocked_reason", None) or reason or "a resource alarm"
         logger.warning("broker_blocked", loop=self._name, reason=self.reason)
 
     def _unblocked(self) -> None:

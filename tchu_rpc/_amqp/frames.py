@@ -92,7 +92,7 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
         transport._read_buffer = buffer[end + 1 :]
         frame = (frame_type, channel, buffer[7:end])
         try:
-            on_frame(frame)
+            (on_frame if channel else tolerant)(frame)  # the connection's own frames, all of them
         except UnicodeDecodeError:
             if frame_type != 2:
                 raise

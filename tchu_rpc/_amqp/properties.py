@@ -21,6 +21,8 @@ from amqp import serialization
 from tchu_rpc._amqp.frames import FIELDS, MAX_SHORTSTR, content_header
 from tchu_rpc.wire import HEADER_MALFORMED
 
+#: The method of `connection.blocked` (class 10, method 60), whose argument is the broker's reason.
+_BLOCKED: Final = b"\x00\x0a\x00\x3c"
 #: Where the properties start in a content header frame (class, weight, body size come first).
 _HEADER_PROPERTIES: Final = 12
 
@@ -31,10 +33,18 @@ _strict = serialization.decode_properties_basic
 
 
 def tolerate(connection: Any) -> None:
-    """Make py-amqp `connection` take messages whose properties are not UTF-8 (see the module)."""
+    """Make py-amqp `connection` take messages whose properties are not UTF-8 (see the module).
+
+    It also keeps the reason of a `connection.blocked` in `connection.tchu_blocked_reason`: py-amqp
+    reads that method without its argument and passes a placeholder to `on_blocked`.
+    """
     strict = connection.on_inbound_frame
 
     def on_inbound_frame(frame: tuple[int, int, Any]) -> Any:
+        if frame[1] == 0 and frame[0] == 1 and frame[2][:4] == _BLOCKED:
+            # py-amqp reads connection.blocked without its argument (the broker's reason)
+            (size,) = unpack_from(">B", frame[2], 4)
+            connection.tchu_blocked_reason = bytes(frame[2][5 : 5 + size]).decode("utf-8", "replace")
         try:
             return strict(frame)
         except UnicodeDecodeError:

@@ -98,4 +98,6 @@ def expired(
     if pending.kind == "event":
         # Sent, not confirmed: the broker may have it, and may still deliver it.
         return PublishFailed(f"no confirm for {what} before the deadline{also}; it may still be delivered")
+    if blocked is not None:  # sent: the broker keeps it until the alarm clears, then delivers it
+        also += "; it was sent, and its handler may still run"
     return CallTimeout(f"no reply to {what} before the deadline{also}")

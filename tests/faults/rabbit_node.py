@@ -30,6 +30,7 @@ from types import TracebackType
 import amqp
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+RABBITMQCTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 _POLL_INTERVAL = 0.1
 _PORT_RANGE = (20000, 32767)
 # Ports other local RabbitMQ tools listen on: the shared node, its distribution port and the
@@ -185,6 +186,30 @@ class RabbitNode:
     ) -> None:
         self.stop()
 
+    def ctl(self, *args: str, timeout: float = 30) -> str:
+        """Run `rabbitmqctl -n <this node> args` with the node's cookie; return its output.
+
+        Never the shared broker: `-n` names this node, and the private HOME holds its cookie.
+        """
+        if self._proc is None:
+            raise RabbitNodeError(f"{self.nodename} is not running")
+        done = subprocess.run(
+            [str(RABBITMQCTL), "-n", self.nodename, *args],
+            env=self._prepare_env(),
+            cwd=self.base_dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RabbitNodeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+    def set_disk_free_limit(self, limit: str) -> None:
+        """Set the node's disk free limit ("10000GB" raises the disk alarm, "1MB" clears it)."""
+        self.ctl("set_disk_free_limit", limit)
+
     def log_tail(self, lines: int = 40) -> str:
         """Return the last lines of the node's log and of its console output."""
         parts = []
@@ -212,6 +237,11 @@ class RabbitNode:
         }
         for filename, text in files.items():
             (self.base_dir / filename).write_text(text)
+        return self._prepare_env()
+
+    def _prepare_env(self) -> dict[str, str]:
+        """Return the environment of the node and of `rabbitmqctl` runs against it."""
+        home = self.base_dir / "home"
         env = {
             key: value
             for key, value in os.environ.items()
