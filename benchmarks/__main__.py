@@ -11,7 +11,8 @@ out with a notice when its venv cannot be made.
 
 Scenarios (--scenarios): calls (the procs x in-flight matrix), events (confirmed publish rate and
 publish->handler delay), payloads (100 B, 10 KB, 1 MB sequential calls), serializers (JSON vs
-MessagePack), memory (a worker's and the client's RSS after 10,000 and 100,000 calls).
+MessagePack), memory (a worker's and the client's RSS after 10,000 and 100,000 calls), topics (10,000
+handlers: registration, a worker's start, uncached matching, events/s with 10 vs 10,000 patterns).
 
 Output: the tables and ratios on stdout, and benchmarks/out/RUN.{json,md,png}; the PNG needs
 matplotlib (`pip install -e '.[bench]'`), else it is skipped with a notice.
@@ -52,7 +53,9 @@ from tchu_rpc.log import configure
 
 DEFAULT_BROKER = "memory://"
 OUT_DIR = Path(__file__).resolve().parent / "out"
-SCENARIOS = ("calls", "events", "payloads", "serializers", "memory")
+SCENARIOS = ("calls", "events", "payloads", "serializers", "memory", "topics")
+#: Scenarios that need an AMQP broker (memory:// lives inside one process).
+AMQP_SCENARIOS = ("memory", "topics")
 IN_PROCESS_CONTENDERS = ("tchu_rpc",)
 AMQP_CONTENDERS = ("floor", "tchu_rpc", "tchu-tchu", "aio-pika")  # the default; floor+conf/+tx on request
 
@@ -155,7 +158,7 @@ def _resolve(args: argparse.Namespace) -> str | None:
     memory = in_process(args.broker)
     explicit = args.contenders is not None
     args.contenders = args.contenders or list(IN_PROCESS_CONTENDERS if memory else AMQP_CONTENDERS)
-    args.scenarios = args.scenarios or [s for s in SCENARIOS if not (memory and s == "memory")]
+    args.scenarios = args.scenarios or [s for s in SCENARIOS if not (memory and s in AMQP_SCENARIOS)]
     args.procs = args.procs or ([1] if memory else list(Plan.procs))
     unknown = [n for n in args.contenders if n not in FACTORIES] + [
         s for s in args.scenarios if s not in SCENARIOS
@@ -164,10 +167,12 @@ def _resolve(args: argparse.Namespace) -> str | None:
         return f"unknown contender(s) or scenario(s) {unknown}; known: {list(FACTORIES)}, {list(SCENARIOS)}"
     if memory:
         others = [n for n in args.contenders if n not in IN_PROCESS_CONTENDERS]
-        if others or "memory" in args.scenarios:
+        others += [s for s in args.scenarios if s in AMQP_SCENARIOS]
+        if others:
             return (
-                f"{args.broker} lives inside one process: only tchu_rpc runs there, without the memory "
-                f"scenario (asked for {others or ['memory']}); give --broker amqp://... for the rest"
+                f"{args.broker} lives inside one process: only tchu_rpc runs there, without the "
+                f"{' and '.join(AMQP_SCENARIOS)} scenarios (asked for {others}); give --broker amqp://... "
+                "for the rest"
             )
     for name, ensure_venv in VENVS.items():
         if name in args.contenders and not explicit:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from benchmarks.contenders import Cell
 from benchmarks.scenarios import EventRun, MemoryRun, Variant
+from benchmarks.topics import TopicsRun
 
 SUBJECT = "tchu_rpc"
 FLOOR = "floor"
@@ -17,6 +18,9 @@ SEQUENTIAL_P50_MAX = 1.25  # tchu_rpc p50 / floor p50 at 1 in flight
 THROUGHPUT_MIN = 0.85  # tchu_rpc calls/s / floor calls/s at 2 procs x 8 and x 64 in flight
 BASELINE_FACTOR = 4.0  # tchu_rpc vs tchu-tchu: throughput and p50, same procs and in-flight
 MEMORY_GROWTH_MAX = 5.0  # %, from the first memory checkpoint to the last
+TOPICS_START_MAX = 2.0  # s: registration of 10,000 handlers + the worker's start
+TOPICS_MATCH_MAX = 1.5  # uncached match p50 with 10,000 patterns / with 10 ("independent of the count")
+TOPICS_EVENTS_MIN = 0.9  # events/s with 10,000 patterns / with 10 ("within 10 %")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,38 @@ def targets(rows: Sequence[Ratio], memory: MemoryRun | None) -> list[Target]:
     return out
 
 
+def topic_targets(run: TopicsRun | None) -> list[Target]:
+    """Check the targets of the `topics` scenario (none when it did not run)."""
+    if run is None:
+        return []
+    n = f"{run.patterns:,}"
+    restart, first = run.registration_s + run.restart_s, run.registration_s + run.first_start_s
+    return [
+        Target(
+            f"registration + start <= {TOPICS_START_MAX:.0f} s, {n} topics, bindings in place (restart)",
+            f"{run.registration_s:.2f} + {run.restart_s:.2f} = {restart:.2f} s",
+            restart <= TOPICS_START_MAX,
+        ),
+        Target(
+            f"registration + start <= {TOPICS_START_MAX:.0f} s, {n} topics, new queues (first start)",
+            f"{run.registration_s:.2f} + {run.first_start_s:.2f} = {first:.2f} s "
+            f"(the broker alone makes the bindings in {run.broker_bind_s:.2f} s)",
+            first <= TOPICS_START_MAX,
+        ),
+        Target(
+            f"uncached match p50 with {n} patterns <= {TOPICS_MATCH_MAX}x with 10",
+            f"{run.match_p50_us_few:.2f} -> {run.match_p50_us_many:.2f} us ({run.match_ratio:.2f}x)",
+            run.match_ratio <= TOPICS_MATCH_MAX,
+        ),
+        Target(
+            f"events/s with {n} patterns >= {TOPICS_EVENTS_MIN:.2f}x with 10",
+            f"{run.delivered_per_s_few:.0f} -> {run.delivered_per_s_many:.0f} delivered/s "
+            f"({run.events_ratio:.2f}x)",
+            run.events_ratio >= TOPICS_EVENTS_MIN,
+        ),
+    ]
+
+
 def render_summary(rows: Sequence[Ratio], goals: Sequence[Target]) -> str:
     """Return the ratios and targets as plain text for the terminal."""
     lines = [
@@ -151,6 +187,7 @@ def render_markdown(
     variants: Sequence[Variant],
     events: Sequence[EventRun],
     memory: MemoryRun | None,
+    topics: TopicsRun | None = None,
 ) -> str:
     """Return the whole report as markdown."""
     parts = ["| | |", "|---|---|", *(f"| {k} | {_cell_text(v)} |" for k, v in header.items())]
@@ -201,6 +238,8 @@ def render_markdown(
             parts.append(
                 f"| growth | {memory.worker_growth_pct:+.1f} % | {memory.client_growth_pct:+.1f} % |"
             )
+    if topics is not None:
+        parts += ["", f"### Topics: {topics.patterns:,} patterns against 10", "", _topics_table(topics)]
     return "\n".join(parts) + "\n"
 
 
@@ -210,6 +249,7 @@ def json_extra(
     variants: Sequence[Variant],
     events: Sequence[EventRun],
     memory: MemoryRun | None,
+    topics: TopicsRun | None = None,
 ) -> dict[str, object]:
     """Return the results beyond the matrix cells, for the JSON file."""
     extra: dict[str, object] = {
@@ -224,7 +264,36 @@ def json_extra(
             "worker_growth_pct": memory.worker_growth_pct if len(memory.points) > 1 else None,
             "client_growth_pct": memory.client_growth_pct if len(memory.points) > 1 else None,
         }
+    if topics is not None:
+        extra["topics"] = {
+            **asdict(topics),
+            "match_ratio": topics.match_ratio,
+            "events_ratio": topics.events_ratio,
+        }
     return extra
+
+
+def _topics_table(run: TopicsRun) -> str:
+    rows = [
+        ("register handlers (10 calls too)", "-", f"{run.registration_s:.2f} s"),
+        ("worker start, new queues", "-", f"{run.first_start_s:.2f} s"),
+        ("the broker alone: the same bindings pipelined on one channel", "-", f"{run.broker_bind_s:.2f} s"),
+        ("worker start, bindings in place (restart)", "-", f"{run.restart_s:.2f} s"),
+        ("uncached match p50", f"{run.match_p50_us_few:.2f} us", f"{run.match_p50_us_many:.2f} us"),
+        (
+            f"events delivered/s ({run.events} events, {run.publishers} publishers, median of rounds)",
+            f"{run.delivered_per_s_few:.0f}",
+            f"{run.delivered_per_s_many:.0f}",
+        ),
+        (
+            "events confirmed/s (same runs)",
+            f"{run.confirmed_per_s_few:.0f}",
+            f"{run.confirmed_per_s_many:.0f}",
+        ),
+    ]
+    lines = [f"| | 10 patterns | {run.patterns:,} patterns |", "|---|--:|--:|"]
+    lines += [f"| {label} | {few} | {many} |" for label, few, many in rows]
+    return "\n".join(lines)
 
 
 def _calls_table(cells: Sequence[Cell]) -> str:

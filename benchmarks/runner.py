@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import report, scenarios
+from benchmarks import report, scenarios, topics
 from benchmarks.contenders import Cell, Contender, Plan, measure, plan_units, write_json
 from benchmarks.progress import Progress
 from benchmarks.scenarios import EventRun, MemoryRun, Variant
-from benchmarks.tchu_rpc_contender import TchuRpcContender
+from benchmarks.tchu_rpc_contender import TchuRpcContender, in_process
+from benchmarks.topics import TopicsRun
 
 PAYLOAD_CONTENDERS = ("floor", "tchu_rpc")
 
@@ -25,6 +26,7 @@ class Results:
     variants: list[Variant] = field(default_factory=list)
     events: list[EventRun] = field(default_factory=list)
     memory: MemoryRun | None = None
+    topics: TopicsRun | None = None
 
     def ratios(self) -> list[report.Ratio]:
         """Return tchu_rpc's ratios to the floor, tchu-tchu and aio-pika."""
@@ -32,7 +34,7 @@ class Results:
 
     def targets(self) -> list[report.Target]:
         """Return the issue's targets and whether this run meets them."""
-        return report.targets(self.ratios(), self.memory)
+        return report.targets(self.ratios(), self.memory) + report.topic_targets(self.topics)
 
     def summary(self) -> str:
         """Return the ratios, targets and other scenarios as terminal text."""
@@ -41,10 +43,10 @@ class Results:
     def write(self, json_path: Path, md_path: Path, header: dict[str, object]) -> None:
         """Write the JSON and the markdown report."""
         ratios, goals = self.ratios(), self.targets()
-        extra = report.json_extra(ratios, goals, self.variants, self.events, self.memory)
+        extra = report.json_extra(ratios, goals, self.variants, self.events, self.memory, self.topics)
         write_json(json_path, header, self.cells, extra)
         md = report.render_markdown(
-            header, self.cells, goals, ratios, self.variants, self.events, self.memory
+            header, self.cells, goals, ratios, self.variants, self.events, self.memory, self.topics
         )
         md_path.parent.mkdir(parents=True, exist_ok=True)
         md_path.write_text(md)
@@ -68,6 +70,8 @@ def units(args: argparse.Namespace, plan: Plan) -> int:
             total += len(scenarios.EVENT_PUBLISHERS) * args.events
         if "memory" in chosen:
             total += max(args.memory_calls, default=0)
+        if "topics" in chosen:
+            total += 2 * topics.ROUNDS * args.events
     return total
 
 
@@ -79,7 +83,7 @@ def run_scenarios(
     progress = Progress(units(args, plan), enabled=None if enabled else False)
     results = Results()
     subject = next((c for c in contenders if isinstance(c, TchuRpcContender)), None)
-    needs_subject = sorted(chosen & {"events", "serializers", "memory"})
+    needs_subject = sorted(chosen & {"events", "serializers", "memory", "topics"})
     if subject is None and needs_subject:
         print(f"notice: {', '.join(needs_subject)} skipped: they measure tchu_rpc alone", file=sys.stderr)
     try:
@@ -110,3 +114,8 @@ def _run_subject(
             )
         else:
             print("notice: memory skipped: it needs an AMQP broker and /proc", file=sys.stderr)
+    if "topics" in chosen:
+        if in_process(args.broker):
+            print("notice: topics skipped: it needs an AMQP broker", file=sys.stderr)
+        else:
+            results.topics = topics.run_topics(subject, args.broker, args.events, progress)

@@ -26,7 +26,7 @@ from tchu_rpc.config import Serializer
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "benchmarks.tchu_rpc_handlers"
 CALL_TIMEOUT = 30.0
-_READY_TIMEOUT = 30.0
+_READY_TIMEOUT = 60.0  # a worker may bind thousands of topics first
 
 
 def in_process(broker_url: str) -> bool:
@@ -43,6 +43,7 @@ class TchuRpcContender:
         self.service = f"bench.{run_id}.tchu_rpc"
         self.calls_exchange = f"bench.{run_id}.tchu_rpc.calls"
         self.events_exchange = f"bench.{run_id}.tchu_rpc.events"
+        self._run_id, self._log_dir = run_id, log_dir
         self._servers = _Supervisors(log_dir / "tchu_rpc")
         self._workers: list[Worker] = []
         self._broker_url: str | None = None
@@ -67,8 +68,17 @@ class TchuRpcContender:
             shutdown_grace=5.0,
         )
 
-    def start_servers(self, broker_url: str, processes: int) -> None:
-        """Start `processes` workers and return once every one consumes."""
+    def sibling(self, name: str) -> TchuRpcContender:
+        """Return a contender of this run with a service, exchanges and logs of its own, named `name`."""
+        return TchuRpcContender(f"{self._run_id}.{name}", self._log_dir / name)
+
+    def start_servers(
+        self, broker_url: str, processes: int, *, handlers: str = HANDLERS, env: dict[str, str] | None = None
+    ) -> None:
+        """Start `processes` workers of `handlers` (a module), with `env` added, and return once all consume.
+
+        On memory://, the workers serve the default registry that `benchmarks.tchu_rpc_handlers` fills.
+        """
         self._broker_url = broker_url
         if in_process(broker_url):
             import benchmarks.tchu_rpc_handlers  # noqa: F401  (fills the default registry)
@@ -77,16 +87,17 @@ class TchuRpcContender:
             for _ in range(processes):
                 self._workers.append(Worker(queue=self.service, settings=settings).start())
             return
-        argv = [sys.executable, "-m", "tchu_rpc", "worker", HANDLERS, "--queue", self.service]
+        argv = [sys.executable, "-m", "tchu_rpc", "worker", handlers, "--queue", self.service]
         argv += ["--concurrency", str(processes), "--broker", broker_url]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TCHU_RPC_")}
-        env.update(
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TCHU_RPC_")}
+        environ.update(
             TCHU_RPC_CALLS_EXCHANGE=self.calls_exchange,
             TCHU_RPC_EVENTS_EXCHANGE=self.events_exchange,
             TCHU_RPC_SHUTDOWN_GRACE="5",
+            **(env or {}),
         )
         try:
-            self._servers.spawn(argv, env=env, cwd=ROOT)
+            self._servers.spawn(argv, env=environ, cwd=ROOT)
             self._wait_consuming(broker_url, processes)
         except BaseException:
             self.stop_servers()
