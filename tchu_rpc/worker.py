@@ -231,7 +231,7 @@ class Worker:
             logger.warning(
                 "late_result_discarded",
                 service=self.service,
-                duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+                duration_ms=round((time.monotonic() - job.received) * 1000, 3),
                 **describe(job.message),
             )
             return

@@ -81,7 +81,7 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
     tolerant = conn.on_inbound_frame
     # py-amqp's own handler, not `properties.tolerate`'s wrapper around it: one call per frame less,
     # and the wrapper only for the rare header py-amqp cannot decode.
-    on_frame = getattr(tolerant, "strict", tolerant)
+    on_frame = conn.__dict__.get("tchu_strict", tolerant)
     while len(buffer) > 7:
         frame_type, channel, size = _HEADER.unpack_from(buffer)
         end = 7 + size

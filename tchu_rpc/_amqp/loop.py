@@ -77,7 +77,7 @@ class Loop:
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
         # When it last began to wait for the socket: what it reads arrived after (`Job.received`).
-        self.looked_at = time.perf_counter()
+        self.looked_at = time.monotonic()
         self._virtual = VirtualPoll(self._wakeup)
         self.last_error: BaseException | None = None
 
@@ -237,7 +237,7 @@ class Loop:
         if self._commands:
             wait = 0.0
         sock = self.socket
-        self.looked_at = time.perf_counter()
+        self.looked_at = now  # a moment before the wait: a wait counted a little long, never short
         if sock is None:
             self._virtual.poll(conn, wait)
             return

@@ -54,7 +54,7 @@ def tolerate(connection: Any) -> None:
             # py-amqp keeps the message waiting for its header: the same header, made decodable
             return strict((2, channel, _decodable(buf)))
 
-    on_inbound_frame.strict = strict  # type: ignore[attr-defined]  # for `frames.read_frames`
+    connection.tchu_strict = strict  # py-amqp's own, for `frames.read_frames`
     connection.on_inbound_frame = on_inbound_frame
 
 

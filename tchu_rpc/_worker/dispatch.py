@@ -49,7 +49,7 @@ class Dispatcher:
         """Return the reply to a call: from the reply cache, else by running its one handler.
 
         `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
-        `received` is when the worker received it (`time.perf_counter()`; default: now).
+        `received` is when the worker received it (`time.monotonic()`; default: now).
         """
         reply_to = message.properties.get("reply_to")
         if reply_to and not reply_to.startswith(topology.REPLY_ADDRESSES):
@@ -260,7 +260,7 @@ def delivery_of(kind: Kind, message: Any, received: float | None = None) -> Deli
     remaining = headers.get(wire.HEADER_TIMEOUT)
     deadline = None
     if isinstance(remaining, int | float) and not isinstance(remaining, bool):
-        waited = 0.0 if received is None else time.perf_counter() - received
+        waited = 0.0 if received is None else time.monotonic() - received
         deadline = time.time() - waited + float(remaining)
     return Delivery(
         kind=kind,

@@ -31,9 +31,9 @@ class Job:
     kind: Kind
     generation: int  # of the connection it came on: its ack and reply address die with it
     message: Any
-    #: When it arrived (`time.perf_counter()`), at the earliest: when the loop that read it began to
+    #: When it arrived (`time.monotonic()`), at the earliest: when the loop that read it began to
     #: wait for the socket (`Loop.looked_at`), so that a pause of the process counts as waiting.
-    received: float = field(default_factory=time.perf_counter)
+    received: float = field(default_factory=time.monotonic)
     timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
 
 
@@ -100,7 +100,7 @@ class Settler:
         extra: dict[str, Any] = {wire.HEADER_DELIVERIES: earlier}
         remaining = (message.headers or {}).get(wire.HEADER_TIMEOUT)
         if job.kind == "call" and isinstance(remaining, int | float) and not isinstance(remaining, bool):
-            extra[wire.HEADER_TIMEOUT] = left = remaining - (time.perf_counter() - job.received)
+            extra[wire.HEADER_TIMEOUT] = left = remaining - (time.monotonic() - job.received)
             return {**outgoing.copy(message, queue, extra), "expiration": max(left, 0.001)}
         return outgoing.copy(message, queue, extra)
 
@@ -133,7 +133,7 @@ class Settler:
         log.debug(
             event,
             service=self.service,
-            duration_ms=round((time.perf_counter() - job.received) * 1000, 3),
+            duration_ms=round((time.monotonic() - job.received) * 1000, 3),
             **describe(job.message),
         )
 
