@@ -76,8 +76,7 @@ class Loop:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
-        # When it last began to wait for the socket: what it reads arrived after (`Job.received`).
-        self.looked_at = time.monotonic()
+        self.looked_at = time.monotonic()  # it last began to wait for the socket (`Job.received`)
         self._virtual = VirtualPoll(self._wakeup)
         self.last_error: BaseException | None = None
 
