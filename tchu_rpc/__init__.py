@@ -4,6 +4,7 @@ from importlib import metadata as _metadata
 
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
+from tchu_rpc.contracts import Topic
 from tchu_rpc.delivery import Delivery, current_delivery, report_progress
 from tchu_rpc.errors import (
     ArgumentTypeError,
@@ -22,9 +23,13 @@ from tchu_rpc.errors import (
     RpcError,
     TchuError,
     TopicError,
+    ValidationError,
 )
+from tchu_rpc.middleware import Middleware, OutgoingMessage
+from tchu_rpc.propagation import context, current_context
 from tchu_rpc.registry import Handler, Registry, default_registry, subscribe
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
+from tchu_rpc.retry import Retry
 from tchu_rpc.worker import Worker
 
 try:
@@ -45,19 +50,26 @@ __all__ = [
     "Handler",
     "HandlerTimeLimit",
     "MessageTooLarge",
+    "Middleware",
     "NoRoute",
+    "OutgoingMessage",
     "PublishFailed",
     "RedisReplyCache",
     "Registry",
     "RegistryError",
     "RemoteError",
     "ReplyCache",
+    "Retry",
     "RpcError",
     "Settings",
     "TchuError",
+    "Topic",
     "TopicError",
+    "ValidationError",
     "Worker",
     "__version__",
+    "context",
+    "current_context",
     "current_delivery",
     "default_registry",
     "report_progress",

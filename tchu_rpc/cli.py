@@ -1,4 +1,4 @@
-"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, demo, bench)."""
+"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, dead, demo, bench)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tchu_rpc import demo
+from tchu_rpc import dead, demo
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import TchuError
@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("data", help="JSON value")
         cmd.add_argument("--timeout", type=float)
         _broker(cmd)
+
+    dead_cmd = sub.add_parser("dead", help="list a service's dead letters, or replay them (--replay)")
+    dead_cmd.add_argument("service", help="the service's name (queue prefix)")
+    dead_cmd.add_argument("--replay", action="store_true", help="move letters back to the service's queues")
+    dead_cmd.add_argument("--topic", metavar="PATTERN", help="only letters whose topic matches (* and #)")
+    dead_cmd.add_argument("--limit", type=int, help="at most N letters (listing: 50; replay: all)")
+    dead_cmd.add_argument("--calls", action="store_true", help="replay calls too (their callers are gone)")
+    dead_cmd.add_argument("--json", action="store_true", help="print JSON")
+    _broker(dead_cmd)
 
     demo_cmd = sub.add_parser("demo", help="run the demo (memory:// unless --broker is given)")
     demo_cmd.add_argument("--broker", default="memory://", help="broker URL (default memory://)")
@@ -90,6 +99,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         import_handlers(args.modules)  # fail fast here, before spawning children
         return Supervisor(args.modules, args.queue, settings, args.concurrency, args.log_level).run()
+    if args.command == "dead":
+        return dead.run(
+            args.service,
+            settings,
+            replay=args.replay,
+            topic=args.topic,
+            limit=args.limit,
+            calls=args.calls,
+            as_json=args.json,
+        )
     data = _json(args.data)
     with Client(settings=settings) as client:
         if args.command == "call":

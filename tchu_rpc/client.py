@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -26,31 +25,45 @@ from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc._client import forks
-from tchu_rpc._client.arguments import call_arguments, checked_timeout, event_topic
+from tchu_rpc._client.api import ClientAPI
+from tchu_rpc._client.arguments import (
+    check_request,
+)
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
 from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
+from tchu_rpc.contracts import Topic
 from tchu_rpc.errors import (
     ConnectionLost,
     PublishFailed,
     TchuError,
 )
 from tchu_rpc.log import mask_url
+from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import validate_topic
 
 _TOPICS = 4096  # checked topics a client remembers
+_EXPIRY_MARGIN = 0.1  # at most this long before its caller's deadline, a request expires in its queue
 
 
-class Client:
+class Client(ClientAPI):
     """Publish events and call remote handlers over one broker connection.
 
     Args:
         url: broker URL; defaults to `settings.broker_url` (`TCHU_RPC_BROKER_URL`).
         settings: all other knobs; defaults to `Settings.from_env()`.
+        middleware: hooks around every call and publish, in this order (`tchu_rpc.Middleware`).
     """
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        middleware: Sequence[Middleware] | None = None,
+    ) -> None:
+        self._middleware = checked(middleware)
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
         self._codec = wire.codec_for(self.settings.serializer)
@@ -67,6 +80,7 @@ class Client:
         self._publisher: Publisher | None = None
         self._block = BlockWatch("tchu-client", self._send_held)
         self._reply_to = ""
+        self._user: str | None = None
         self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
@@ -81,73 +95,7 @@ class Client:
         forks.keep(self._loop)
         self._fresh()
 
-    # -- public API ---------------------------------------------------------------------------
-    def call(
-        self,
-        topic: str,
-        data: Any,
-        *,
-        timeout: float | None = None,
-        idempotent: bool = False,
-        max_timeout: float | None = None,
-        on_progress: Callable[[Any], None] | None = None,
-    ) -> Any:
-        """Call the handler of `topic` with `data` and return its result.
-
-        With `idempotent=True`, a call whose connection is lost before the reply came is published
-        again (same message id) once the client has reconnected, until its timeout: the handler may
-        then run more than once, so only use it for handlers that tolerate that.
-
-        Each `report_progress(info)` of the handler moves the call's deadline to `timeout` seconds
-        after it arrived, but never past `max_timeout` seconds after the call began (default: no
-        bound), and passes `info` to `on_progress`, which runs on the client's callback thread (never
-        on a thread serving the connection; see `call_async`).
-
-        Raises:
-            CallTimeout: no reply within `timeout` seconds (of the start, or of the last progress).
-            NoRoute: no service is bound for `topic` on the calls exchange.
-            RemoteError: the handler (or the worker) failed; see its `type` and `message`.
-            HandlerTimeLimit: the handler ran past the worker's `handler_time_limit`.
-            ConnectionLost: the connection failed while the call was in flight.
-        """
-        return self._wait(self._call(topic, data, timeout, idempotent, max_timeout, on_progress), topic)
-
-    def call_async(
-        self,
-        topic: str,
-        data: Any,
-        *,
-        timeout: float | None = None,
-        idempotent: bool = False,
-        max_timeout: float | None = None,
-        on_progress: Callable[[Any], None] | None = None,
-    ) -> futures.Future[Any]:
-        """Start a call and return a future of its result; it fails by its deadline at the latest.
-
-        The future fails at most `Watchdog.MARGIN` (50 ms) after its deadline, even while the
-        broker does not answer. Its done-callbacks, like `on_progress` callbacks, run one at a time
-        on the client's callback thread, never on a thread serving the connection: a callback that
-        blocks (a call on the same client, say) delays later callbacks, not the client's calls.
-        """
-        pending = self._call(topic, data, timeout, idempotent, max_timeout, on_progress)
-        self._loop.resume()  # nobody waits on this thread to read the reply
-        return pending.future
-
-    def publish(
-        self, topic: str, data: Any, *, timeout: float | None = None, allow_call_topic: bool = False
-    ) -> None:
-        """Broadcast an event and return once the broker confirmed it.
-
-        During an outage the client keeps trying until `timeout` (default
-        `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
-        silently. Events are persistent; every queue bound to a matching pattern gets a copy. A
-        topic whose first word is `rpc` names a call: publishing it is refused (`TopicError`) unless
-        `allow_call_topic=True`.
-        """
-        timeout = checked_timeout(timeout, self.settings.publish_timeout)
-        event_topic(topic, allow_call_topic)
-        self._wait(self._submit("event", topic, data, timeout, True), topic)
-
+    # -- public API (call, call_async, publish: `_client.api`) --------------------------------
     def close(self) -> None:
         """Fail what is still pending with `ConnectionLost`, then close; safe to call twice."""
         if self._closed:
@@ -168,28 +116,17 @@ class Client:
         return f"<Client {mask_url(self.settings.broker_url)} pending={len(self._inflight)}>"
 
     # -- caller threads -----------------------------------------------------------------------
-    def _wait(self, pending: Pending, topic: str) -> Any:
+    def _wait(self, pending: Pending) -> Any:
         # Alone in flight, the caller reads its own outcome (`LeadingLoop.lead`): no hand-over from the I/O
         # thread. With others in flight, the I/O thread serves them all.
         if len(self._inflight) == 1 and self._loop.fast:
             self._loop.lead(lambda: pending.settled)
         else:
             self._loop.resume()
-        return wait(pending, topic)
+        return wait(pending, pending.topic)
 
-    def _call(
-        self,
-        topic: str,
-        data: Any,
-        timeout: float | None,
-        idempotent: bool,
-        max_timeout: float | None,
-        on_progress: Callable[[Any], None] | None,
-    ) -> Pending:
-        timeout, latest = call_arguments(
-            timeout, self.settings.call_timeout, max_timeout, idempotent, on_progress
-        )
-        return self._submit("call", topic, data, timeout, idempotent, latest, on_progress)
+    def _resume(self) -> None:
+        self._loop.resume()
 
     def _submit(
         self,
@@ -200,6 +137,8 @@ class Client:
         retry: bool,
         max_timeout: float = math.inf,
         on_progress: Callable[[Any], None] | None = None,
+        contract: Topic[Any, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Pending:
         if self._closed:
             raise ConnectionLost("the client is closed")
@@ -207,12 +146,17 @@ class Client:
             self._topics = set() if len(self._topics) > _TOPICS else self._topics
             self._topics.add(validate_topic(topic))
         body = wire.encode(self._codec, data, self.settings.max_message_bytes)
+        if contract is not None and contract.request is not Any:
+            check_request(self._codec, body, contract)
         message_id = uuid.uuid4().hex
         future = CallFuture()
         future.callbacks = self._callbacks
         now = time.monotonic()
         deadline, latest = now + timeout, now + max_timeout
         pending = Pending(future, kind, topic, body, deadline, retry, timeout, latest, on_progress)
+        pending.extra = extra
+        if contract is not None:
+            pending.envelope, pending.error_type = wire.envelope_for(contract.response), contract.error
         self._inflight.add(message_id, pending)
         self._watchdog.watch(deadline)
         self._loop.start()
@@ -231,6 +175,8 @@ class Client:
         on_message = partial(on_reply, self._inflight, self._callbacks, self.settings.max_message_bytes)
         Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
         self._reply_to = queue.name
+        # The login RabbitMQ checks a message's user_id against: the identity a handler can trust.
+        self._user = conn.userid if is_amqp(conn) else None
         if is_amqp(conn):
             self._block.attach(conn.connection)
         self._send_held()
@@ -257,11 +203,16 @@ class Client:
         if pending.kind == "call":
             headers[wire.HEADER_TIMEOUT] = remaining  # relative: no clocks are compared (`delivery_of`)
             props.update(exchange=self.settings.calls_exchange, mandatory=True, delivery_mode=1)
-            props.update(expiration=remaining, reply_to=self._reply_to, correlation_id=message_id)
+            # The broker counts from when it took the request, later than this clock: a request must
+            # expire before its caller gives up, never just after (the worker cannot see queue time).
+            expiration = max(remaining - min(0.1 * remaining, _EXPIRY_MARGIN), 0.001)
+            props.update(expiration=expiration, reply_to=self._reply_to, correlation_id=message_id)
         else:
             props.update(exchange=self.settings.events_exchange, delivery_mode=2)
         on_confirm = partial(self._confirmed, message_id)
-        props.update(routing_key=pending.topic, message_id=message_id, headers=headers)
+        if pending.extra is not None:
+            headers.update(pending.extra)
+        props.update(routing_key=pending.topic, message_id=message_id, headers=headers, user_id=self._user)
         publisher.publish(pending.body, on_confirm=on_confirm, **props)
         pending.sent = True
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,7 +14,10 @@ class Delivery:
 
     `redelivered` is True when the broker delivered this message before (to this or another worker)
     without an ack: the handler may have run for it already, so handlers with side effects can use
-    `message_id` to stay idempotent.
+    `message_id` to stay idempotent. `caller_headers` are the caller's `headers=`, `context` the
+    context it ran under (`tchu_rpc.context`): both are what a publisher says. `user_id` is the login
+    of the connection that published the message, which RabbitMQ checks: the identity to trust.
+    `headers` are the message's raw AMQP headers.
     """
 
     kind: Literal["call", "event"]
@@ -25,6 +28,9 @@ class Delivery:
     delivery_tag: int | None
     deadline: float | None
     headers: dict[str, Any] = field(default_factory=dict)
+    caller_headers: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
 
 
 _current: ContextVar[Delivery | None] = ContextVar("tchu_rpc_delivery", default=None)

@@ -7,6 +7,7 @@ TchuError
 ├── TopicError (ValueError)         a topic or binding pattern is invalid
 ├── RegistryError (ValueError)      a handler cannot be registered as asked
 ├── EncodeError (ValueError)        a value cannot be encoded for the wire
+├── ValidationError (ValueError)    a value does not fit its typed topic's declared type
 ├── DecodeError (ValueError)        a body cannot be decoded
 ├── MessageTooLarge (ValueError)    a body exceeds `Settings.max_message_bytes`
 ├── CallTimeout (TimeoutError)      no reply before the call's deadline
@@ -50,6 +51,10 @@ class RegistryError(TchuError, ValueError):
 
 class EncodeError(TchuError, ValueError):
     """A value cannot be encoded for the wire."""
+
+
+class ValidationError(TchuError, ValueError):
+    """A value does not fit the type its `Topic` declares (the message names the field)."""
 
 
 class DecodeError(TchuError, ValueError):

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tchu_rpc.contracts import Topic
 from tchu_rpc.errors import ConfigError, RegistryError
+from tchu_rpc.retry import Retry, check_retry
 from tchu_rpc.topics import (
     MAX_TOPIC_BYTES,
     Kind,
@@ -59,6 +61,10 @@ class Handler:
     kind: Kind
     name: str
     data_type: Any
+    #: The typed topic it was registered for, if any: the worker checks results against it.
+    contract: Topic[Any, Any] | None = None
+    #: How a failing event handler is retried (`tchu_rpc.Retry`); None: not retried.
+    retry: Retry | None = None
 
 
 def _name(fn: Callable[..., Any]) -> str:
@@ -145,22 +151,39 @@ class Registry:
             else:
                 self._served.pop(service, None)
 
-    def subscribe(self, pattern: str, *, kind: Kind | None = None) -> Callable[[F], F]:
-        """Return a decorator registering a function for `pattern` and returning it unchanged."""
+    def subscribe(
+        self, pattern: str | Topic[Any, Any], *, kind: Kind | None = None, retry: Retry | None = None
+    ) -> Callable[[F], F]:
+        """Return a decorator registering a function for `pattern` (or a typed `Topic`), unchanged."""
 
         def decorate(fn: F) -> F:
-            self.add(pattern, fn, kind=kind)
+            self.add(pattern, fn, kind=kind, retry=retry)
             return fn
 
         return decorate
 
-    def add(self, pattern: str, fn: Callable[..., Any], *, kind: Kind | None = None) -> Handler:
+    def add(
+        self,
+        pattern: str | Topic[Any, Any],
+        fn: Callable[..., Any],
+        *,
+        kind: Kind | None = None,
+        retry: Retry | None = None,
+    ) -> Handler:
         """Register `fn` for `pattern`; `kind` defaults to `default_kind(pattern)`.
+
+        With a typed `Topic`, its name is the pattern, its kind the kind, and an unannotated
+        handler's data is decoded into the topic's request type. `retry` runs a failing event
+        handler again later (see `Retry`); calls are never retried by the worker.
 
         Raises:
             TopicError: the pattern is invalid.
-            RegistryError: `fn` is not callable, `kind` is unknown, or `fn` is already registered so.
+            RegistryError: `fn` is not callable, `kind` is unknown, `fn` is already registered so, or
+                `retry` is not a `Retry` or is given for a call handler.
         """
+        contract = None
+        if isinstance(pattern, Topic):
+            contract, kind, pattern = pattern, kind or pattern.resolved_kind, pattern.name
         validate_pattern(pattern)
         if not callable(fn):
             raise RegistryError(f"handler for {pattern!r} must be callable, not {type(fn).__name__}")
@@ -168,7 +191,11 @@ class Registry:
             kind = default_kind(pattern)
         elif kind not in _KINDS:
             raise RegistryError(f"kind must be 'call' or 'event', not {kind!r} (pattern {pattern!r})")
-        handler = Handler(pattern, fn, kind, _name(fn), _data_type(fn))
+        data_type = _data_type(fn)
+        if contract is not None and data_type is Any:
+            data_type = contract.request
+        check_retry(retry, kind, pattern)
+        handler = Handler(pattern, fn, kind, _name(fn), data_type, contract, retry=retry)
         with self._lock:
             state = self._state
             node = state.tries[kind]
@@ -225,6 +252,8 @@ class Registry:
 default_registry = Registry()
 
 
-def subscribe(pattern: str, *, kind: Kind | None = None) -> Callable[[F], F]:
+def subscribe(
+    pattern: str | Topic[Any, Any], *, kind: Kind | None = None, retry: Retry | None = None
+) -> Callable[[F], F]:
     """Return a decorator registering a function on the default registry (see `Registry.subscribe`)."""
-    return default_registry.subscribe(pattern, kind=kind)
+    return default_registry.subscribe(pattern, kind=kind, retry=retry)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from kombu import Connection
 
+from tchu_rpc import topology
+from tchu_rpc._worker import retries
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
+from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Registry
 from tchu_rpc.reply_cache import ReplyCache
 from tchu_rpc.worker import Worker
@@ -98,9 +101,9 @@ class TchuFactory:
         self._services.add(full)
         return full
 
-    def client(self, **overrides: Any) -> Client:
-        """Return a client on the test's exchanges."""
-        client = Client(settings=self.settings.replace(**overrides))
+    def client(self, *, middleware: Sequence[Middleware] | None = None, **overrides: Any) -> Client:
+        """Return a client on the test's exchanges; `overrides` are settings."""
+        client = Client(settings=self.settings.replace(**overrides), middleware=middleware)
         self._clients.append(client)
         return client
 
@@ -110,6 +113,7 @@ class TchuFactory:
         name: str = "svc",
         *,
         reply_cache: ReplyCache | None = None,
+        middleware: Sequence[Middleware] | None = None,
         **overrides: Any,
     ) -> Worker:
         """Return a started worker serving `registry` as the service `name`; `overrides` are settings."""
@@ -118,6 +122,7 @@ class TchuFactory:
             registry=registry,
             settings=self.settings.replace(**overrides),
             reply_cache=reply_cache,
+            middleware=middleware,
         )
         self._workers.append(worker)
         return worker.start()
@@ -133,6 +138,9 @@ class TchuFactory:
             for service in self._services:
                 for suffix in ("calls", "events", "dead"):
                     channel.queue_delete(f"{service}.{suffix}")
+            for worker in self._workers:  # the delay queues of event handlers' retries
+                for delay in retries.delays(worker.registry.handlers):
+                    channel.queue_delete(topology.retry_queue_name(worker.service, delay))
             for exchange in (self.settings.events_exchange, self.settings.calls_exchange):
                 channel.exchange_delete(exchange)
 

@@ -6,6 +6,11 @@ A service `users` has up to three durable queues:
 - `users.events` bound to the events exchange (`tchu_events`) with its event patterns;
 - `users.dead`   where messages that cannot be handled are kept, with the reason in a header.
 
+and, if some of its event handlers have a `Retry`, one delay queue per retry delay, `users.retry.200ms`,
+`users.retry.4s`, ...: a failed handler's copy of the event waits there (the queue's `x-message-ttl`
+is its delay, a copy's own `expiration` may be shorter) and the broker dead-letters it back into
+`users.events` through the default exchange (`_worker.retries`).
+
 Calls and events have separate queues (lanes) so that a backlog of events never delays a call.
 Exchanges are durable topic exchanges without arguments, the same as existing deployments declare.
 Bindings are only ever added, never removed: a worker binds its patterns again on every connection
@@ -64,6 +69,37 @@ def lane_queue(kind: Kind, service: str, settings: Settings, patterns: tuple[str
 def dead_letter_queue(service: str, settings: Settings) -> Queue:
     """Return the service's dead-letter queue (filled through the default exchange)."""
     return Queue(f"{service}.dead", durable=True, auto_delete=False, queue_arguments=_arguments(settings))
+
+
+def retry_queue_name(service: str, delay_ms: int) -> str:
+    """Return the name of `service`'s delay queue for retries waiting up to `delay_ms` ms."""
+    whole, rest = divmod(delay_ms, 1000)
+    return f"{service}.retry.{whole}s" if not rest else f"{service}.retry.{delay_ms}ms"
+
+
+def retry_queue(service: str, settings: Settings, delay_ms: int) -> Queue:
+    """Return a delay queue: it keeps a message up to `delay_ms` ms, then moves it to the event queue.
+
+    Nobody consumes it: the broker dead-letters each message whose time is up into
+    `<service>.events` through the default exchange (so that the worker can trust the retry's
+    headers, see `_worker.dispatch`). A quorum delay queue dead-letters at least once (the message
+    stays until the event queue has taken it), which needs `x-overflow: reject-publish`.
+    """
+    arguments: dict[str, Any] = {
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": f"{service}.events",
+    }
+    if settings.queue_type == "quorum":
+        arguments.update(
+            {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        )
+    name = retry_queue_name(service, delay_ms)
+    return Queue(name, durable=True, auto_delete=False, queue_arguments=arguments)
 
 
 def reply_queue() -> Queue:

@@ -19,6 +19,9 @@ from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
 
 PROTOCOL_VERSION: Final = 1
 HEADER_VERSION: Final = "x-tchu-version"
+#: The caller's `headers=` and the context it ran under, each a JSON object (`tchu_rpc.context`).
+HEADER_HEADERS: Final = "x-tchu-headers"
+HEADER_CONTEXT: Final = "x-tchu-context"
 #: Seconds the caller had left when it published a call (relative: no clocks are compared).
 HEADER_TIMEOUT: Final = "x-tchu-timeout"
 HEADER_ERROR: Final = "x-tchu-error"
@@ -29,6 +32,12 @@ HEADER_DELIVERIES: Final = "x-tchu-deliveries"
 HEADER_QUORUM_COUNT: Final = "x-delivery-count"
 #: Set (alone) on a message whose properties or headers could not be decoded (`_amqp.properties`).
 HEADER_MALFORMED: Final = "x-tchu-malformed"
+#: On an event's retry copy (`_worker.retries`): the one handler to run, as `name@pattern`.
+HEADER_RETRY_HANDLER: Final = "x-tchu-retry-handler"
+#: On a retry copy: which run of that handler it is (2 for the first retry).
+HEADER_ATTEMPT: Final = "x-tchu-attempt"
+#: On a retry copy, and its dead-letter copy after the last run: each earlier run's error, in order.
+HEADER_ATTEMPT_ERRORS: Final = "x-tchu-attempt-errors"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
@@ -60,6 +69,19 @@ class Progress(msgspec.Struct, frozen=True, tag="progress", omit_defaults=True):
 
     info: Any = None
 
+
+def envelope_for(response: Any) -> Any:
+    """Return what a reply decodes into when its result must be a `response` (cached per type)."""
+    envelope = _ENVELOPES.get(response)
+    if envelope is None:
+        typed = msgspec.defstruct(
+            "Result", [("result", response, None)], tag="result", frozen=True, omit_defaults=True
+        )
+        envelope = _ENVELOPES[response] = typed | Failure | Progress
+    return envelope
+
+
+_ENVELOPES: dict[Any, Any] = {Any: Result | Failure | Progress}
 
 Reply = Result | Failure
 #: What a caller's reply address receives: the final reply, or progress before it.
@@ -137,19 +159,20 @@ def encode(codec: Codec, value: Any, limit: int) -> bytes:
         raise EncodeError(f"cannot encode {type(value).__name__} as {codec.content_type}: {exc}") from exc
     # JSON has no NaN or infinity: msgspec writes `null` for them, which the receiver would take for
     # None. Only a body with a `null` in it is looked at again (a search in C, no walk otherwise).
-    if codec.content_type == JSON and b"null" in body and _non_finite(msgspec.to_builtins(value)):
+    if codec.content_type == JSON and b"null" in body and non_finite(msgspec.to_builtins(value)):
         raise EncodeError(f"cannot encode {type(value).__name__} as JSON: NaN and infinity have no JSON form")
     check_size(len(body), limit)
     return body
 
 
-def _non_finite(value: Any) -> bool:
+def non_finite(value: Any) -> bool:
+    """Tell whether `value` holds a float NaN or infinity (in lists, tuples and dict values)."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
+        return any(non_finite(v) for v in value.values())
     if isinstance(value, list | tuple):
-        return any(_non_finite(v) for v in value)
+        return any(non_finite(v) for v in value)
     return False
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -24,8 +25,9 @@ from tchu_rpc._amqp.connection import refusal
 from tchu_rpc._amqp.inline_calls import DeferringLoop
 from tchu_rpc._worker import outgoing
 from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
-from tchu_rpc._worker.dispatch import Dispatcher, Outcome, describe, previous_deliveries
+from tchu_rpc._worker.dispatch import Dispatcher, Outcome
 from tchu_rpc._worker.lanes import Lane
+from tchu_rpc._worker.messages import describe, previous_deliveries
 from tchu_rpc._worker.progress import ProgressSender
 from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc._worker.signals import wait_for_stop
@@ -33,6 +35,7 @@ from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.log import logger, mask_url
+from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 
@@ -51,6 +54,7 @@ class Worker:
         reply_cache: answer requests whose message id it holds a reply for without running their
             handler, and keep successful replies there (for `settings.reply_cache_ttl` seconds);
             defaults to a `RedisReplyCache` on `settings.reply_cache_url` when that is set.
+        middleware: hooks around every handler and dead letter, in this order (`tchu_rpc.Middleware`).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Worker:
         registry: Registry | None = None,
         settings: Settings | None = None,
         reply_cache: ReplyCache | None = None,
+        middleware: Sequence[Middleware] | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
@@ -68,11 +73,13 @@ class Worker:
         self.registry = default_registry if registry is None else registry
         if reply_cache is None and self.settings.reply_cache_url:
             reply_cache = RedisReplyCache(url=self.settings.reply_cache_url)
-        self._dispatcher = Dispatcher(self.service, self.registry, self.settings, reply_cache)
+        self._dispatcher = Dispatcher(
+            self.service, self.registry, self.settings, reply_cache, checked(middleware)
+        )
         self._limits = TimeLimits(self.settings.handler_time_limit)
         self._consumers: dict[Kind, Consumer] = {}
         self._lanes: dict[Kind, Lane] = {}
-        self._settler = Settler(self.service)
+        self._settler = Settler(self.service, self._dispatcher.middleware)
         self._started = threading.Event()
         self._stop_requested = threading.Event()
         self._start_error: BaseException | None = None
@@ -218,9 +225,8 @@ class Worker:
             self._settler.abandon(job)
             return
         message = job.message
-        sends = []
-        if outcome.dead_reason is not None:
-            sends.append(self._settler.dead_letter(message, outcome.dead_reason))
+        plain = type(outcome) is Outcome and outcome.dead_reason is None  # the usual outcome: no copies
+        sends = [] if plain else self._settler.copies(job, outcome)  # a dead letter, retry copies
         if outcome.reply is not None:
             sends.append(outgoing.answer(message, outcome.reply, outcome.content_type, self.service))
         self._settler.send_then_ack(job, sends)
@@ -272,9 +278,8 @@ class Worker:
     def _handle(self, job: Job) -> None:
         try:
             if job.kind == "call":
-                outcome = self._dispatcher.call(
-                    job.message, partial(self._progress.report, job), job.received
-                )
+                report = partial(self._progress.report, job)
+                outcome = self._dispatcher.call(job.message, report, job.received)
             else:
                 outcome = self._dispatcher.event(job.message)
         except (SystemExit, KeyboardInterrupt) as exc:
@@ -287,9 +292,8 @@ class Worker:
 
     def _exit(self, job: Job, exc: BaseException) -> None:
         """Stop as on SIGTERM: a handler asked the process to exit; its message is redelivered."""
-        logger.error(
-            "handler_exited", service=self.service, error=type(exc).__name__, **describe(job.message)
-        )
+        about = describe(job.message)
+        logger.error("handler_exited", service=self.service, error=type(exc).__name__, **about)
         self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
         self._stop_requested.set()  # `run()` stops; an embedded worker stops on a thread of its own
         threading.Thread(target=self.stop, name=f"tchu-stop-{self.service}", daemon=True).start()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from tchu_rpc.errors import ArgumentTypeError, ConfigError, TopicError
+from tchu_rpc import wire
+from tchu_rpc.contracts import Topic
+from tchu_rpc.errors import ArgumentTypeError, ConfigError, DecodeError, TopicError, ValidationError
+from tchu_rpc.propagation import _current as _current_context
+from tchu_rpc.propagation import checked_json
 from tchu_rpc.registry import default_kind
 
 #: The longest timeout RabbitMQ takes as a message's `expiration` (a longer one closes the connection).
@@ -59,3 +63,43 @@ def event_topic(topic: object, allow_call_topic: object) -> None:
             f"topic {topic!r} names a call (its first word is 'rpc'): use call(), or publish it as an "
             "event with allow_call_topic=True"
         )
+
+
+def typed(topic: str | Topic[Any, Any], returns: Any) -> tuple[Any, Topic[Any, Any] | None]:
+    """Return the topic's name and its contract: a `Topic`'s, one for `returns=`, or None (plain)."""
+    if isinstance(topic, Topic):
+        if returns is not None:
+            raise ConfigError(f"returns= is for plain topics: {topic.name!r} declares its response type")
+        return topic.name, topic
+    if returns is None:
+        return topic, None  # plain: checked by the client (once per topic), nothing more per call
+    if not isinstance(topic, str):
+        raise TopicError(f"topic must be a str or a Topic, not {type(topic).__name__}: {topic!r}")
+    return topic, Topic(topic, response=returns)
+
+
+def check_request(codec: wire.Codec, body: bytes, contract: Topic[Any, Any]) -> None:
+    """Raise `ValidationError` unless `body` decodes into the topic's request type."""
+    try:
+        codec.decode(body, contract.request)
+    except DecodeError as exc:
+        raise ValidationError(
+            f"request for {contract.name!r} does not fit {_named(contract.request)}: {exc}"
+        ) from None
+
+
+def _named(kind: Any) -> str:
+    return getattr(kind, "__name__", repr(kind))
+
+
+def outgoing_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Return the AMQP headers that carry a caller's `headers=` and its context, or None."""
+    encoded_context = _current_context.get()[1]
+    if headers is None and encoded_context is None:
+        return None  # the usual call: nothing more per message
+    extra: dict[str, Any] = {}
+    if headers is not None:
+        extra[wire.HEADER_HEADERS] = checked_json(headers, "headers").decode()
+    if encoded_context is not None:
+        extra[wire.HEADER_CONTEXT] = encoded_context.decode()
+    return extra

@@ -35,6 +35,9 @@ class Pending:
     on_progress: Callable[[Any], None] | None = None
     sent: bool = False
     settled: bool = False  # read without a lock, where `future.done()` would take one
+    envelope: Any = None  # what a typed call's reply decodes into (`wire.envelope_for`)
+    error_type: Any = None  # what a typed call's error details are decoded into
+    extra: dict[str, Any] | None = None  # AMQP headers of the caller's `headers=` and context
     started: float = field(default_factory=time.perf_counter)
 
 

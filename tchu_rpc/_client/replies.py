@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from tchu_rpc import log, wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
@@ -35,7 +37,10 @@ def on_reply(inflight: Inflight, callbacks: Callbacks, limit: int, message: Any)
         if len(message.body) > limit:
             wire.check_size(len(message.body), limit)  # raises, saying so
         codec = wire.codec_of(message.content_type)
-        reply = wire.decode_envelope(codec, message.body)
+        if pending.envelope is None:
+            reply = wire.decode_envelope(codec, message.body)
+        else:  # a typed call: the result decodes into its response type, or this is a DecodeError
+            reply = codec.decode(message.body, pending.envelope)
     except (DecodeError, MessageTooLarge) as exc:
         inflight.settle(correlation_id, exc)
         return
@@ -44,7 +49,8 @@ def on_reply(inflight: Inflight, callbacks: Callbacks, limit: int, message: Any)
         _progressed(inflight, callbacks, correlation_id, pending, reply.info)
     elif isinstance(reply, wire.Failure):
         err = reply.error
-        inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, err.details), by)
+        details = err.details if pending.error_type is None else _typed(err.details, pending.error_type)
+        inflight.settle(correlation_id, remote_error(err.type, err.message, err.code, details), by)
     else:
         inflight.settle(correlation_id, reply.result, by)
 
@@ -101,3 +107,13 @@ def expired(
     if blocked is not None:  # sent: the broker keeps it until the alarm clears, then delivers it
         also += "; it was sent, and its handler may still run"
     return CallTimeout(f"no reply to {what} before the deadline{also}")
+
+
+def _typed(details: Any, error_type: Any) -> Any:
+    """Return a failure's details as the topic's error type, or as they came if they do not fit it."""
+    if details is None or error_type is Any:
+        return details
+    try:
+        return msgspec.convert(details, error_type, strict=False)
+    except msgspec.ValidationError:
+        return details  # another error than the declared one (a worker's, say): kept as data

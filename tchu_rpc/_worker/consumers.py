@@ -19,6 +19,7 @@ from kombu import Connection, Consumer, Queue
 from tchu_rpc import topology
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import OnReturn, Publisher
+from tchu_rpc._worker import retries
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import logger
@@ -91,7 +92,7 @@ def start_wait(settings: Settings) -> float:
 def declare_service(
     conn: Connection, service: str, settings: Settings, registry: Registry, progress: SetupProgress
 ) -> None:
-    """Declare `service`'s exchanges, its lanes' queues with their bindings, and its dead-letter queue."""
+    """Declare `service`'s exchanges, lanes' queues and bindings, dead-letter and retry delay queues."""
     channel = conn.channel()
     kinds = sorted(registry.kinds())
     queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind)) for kind in kinds]
@@ -103,6 +104,11 @@ def declare_service(
             queue(channel).declare()
             progress.advance(len(queue.bindings))
     topology.dead_letter_queue(service, settings)(channel).declare()
+    delays = retries.delays(registry.handlers)
+    for delay_ms in delays:  # after the event queue, where they dead-letter to
+        topology.retry_queue(service, settings, delay_ms)(channel).declare()
+    if delays and not is_amqp(conn):
+        logger.warning("retries_not_delayed", service=service, reason="no TTL on this transport")
     channel.close()
 
 

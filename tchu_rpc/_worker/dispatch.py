@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tchu_rpc import log, reply_cache, topology, wire
+from tchu_rpc import reply_cache, topology, wire
+from tchu_rpc._worker import retries
+from tchu_rpc._worker.invoke import invoke
+from tchu_rpc._worker.messages import delivery_of, describe, republished
 from tchu_rpc.config import Settings
-from tchu_rpc.delivery import Delivery, _current, _reporter
-from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, RpcError
+from tchu_rpc.contracts import Topic
+from tchu_rpc.delivery import Delivery
+from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, ValidationError
 from tchu_rpc.log import logger
+from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Handler, Kind, Registry
 from tchu_rpc.reply_cache import ReplyCache
 
@@ -31,17 +36,33 @@ class Outcome:
     cacheable: bool = False
 
 
+@dataclass(slots=True)
+class EventOutcome(Outcome):
+    """An event's outcome when some of its handlers run again later (`_worker.retries`)."""
+
+    #: The copies to park in delay queues, one per failed handler that has runs left.
+    rescheduled: tuple[retries.Rescheduled, ...] = ()
+    #: Extra headers of the dead-letter copy: every run's error, after a retried handler's last run.
+    dead_headers: dict[str, Any] = field(default_factory=dict)
+
+
 class Dispatcher:
     """Turn deliveries into outcomes by running a registry's handlers."""
 
     def __init__(
-        self, service: str, registry: Registry, settings: Settings, cache: ReplyCache | None = None
+        self,
+        service: str,
+        registry: Registry,
+        settings: Settings,
+        cache: ReplyCache | None = None,
+        middleware: tuple[Middleware, ...] = (),
     ) -> None:
         self.service = service
         self.registry = registry
         self.limit = settings.max_message_bytes
         self.cache = cache
         self.cache_ttl = settings.reply_cache_ttl
+        self.middleware: tuple[Middleware, ...] = middleware
 
     def call(
         self, message: Any, report: Callable[[Any], bool] | None = None, received: float | None = None
@@ -91,29 +112,93 @@ class Dispatcher:
         if isinstance(reply, wire.Result):
             try:
                 body = wire.encode(codec, reply, self.limit)
+                if handler.contract is not None and handler.contract.response is not Any:
+                    _check_result(codec, body, handler.contract)
                 return Outcome(reply=body, content_type=codec.content_type, cacheable=True)
+            except ValidationError as exc:
+                reply = wire.Failure(wire.error_info(exc))
             except (EncodeError, MessageTooLarge):
                 pass  # encode_reply turns it into a Failure saying why
         return Outcome(reply=wire.encode_reply(codec, reply, self.limit), content_type=codec.content_type)
 
     def event(self, message: Any) -> Outcome:
-        """Run every handler matching an event; dead-letter it if any of them failed."""
+        """Run every handler matching an event; retry or dead-letter those that failed.
+
+        A retry copy (`_worker.retries`) runs only the handler it names: its siblings ran already.
+        """
         delivery = delivery_of("event", message)
         handlers = self.registry.match(delivery.topic, "event")
+        named = delivery.headers.get(wire.HEADER_RETRY_HANDLER)
+        if named is not None and republished(message):
+            return self._retry_run(message, delivery, handlers, named)
         if not handlers:
             logger.warning("event_unhandled", service=self.service, **describe(message))
             return Outcome()
         failures = []
+        later: list[retries.Rescheduled] = []
         try:
             codec = wire.codec_of(message.content_type)
             wire.check_size(len(message.body), self.limit)
             for handler in handlers:
-                reply = self._invoke(handler, codec.decode(message.body, handler.data_type), delivery)
-                if isinstance(reply, wire.Failure):
-                    failures.append(f"{handler.name}: {reply.error.type}: {reply.error.message}")
+                data = codec.decode(message.body, handler.data_type)
+                if handler.retry is None:
+                    reply = self._invoke(handler, data, delivery)
+                    if isinstance(reply, wire.Failure):
+                        failures.append(f"{handler.name}: {reply.error.type}: {reply.error.message}")
+                    continue
+                error, rescheduled = self._attempt(handler, handlers, data, delivery, retries.FIRST)
+                if rescheduled is not None:
+                    later.append(rescheduled)
+                elif error is not None:
+                    failures.append(f"{handler.name}: {error}")
         except (DecodeError, MessageTooLarge) as exc:
             return Outcome(dead_reason=f"{type(exc).__name__}: {exc}")
-        return Outcome(dead_reason="handler failed: " + "; ".join(failures) if failures else None)
+        dead_reason = "handler failed: " + "; ".join(failures) if failures else None
+        if later:
+            return EventOutcome(dead_reason=dead_reason, rescheduled=tuple(later))
+        return Outcome(dead_reason=dead_reason)
+
+    def _retry_run(
+        self, message: Any, delivery: Delivery, handlers: tuple[Handler, ...], named: Any
+    ) -> Outcome:
+        """Run the one handler a retry copy names; retry it again or dead-letter it with every error."""
+        attempt = retries.attempt_of(delivery.headers)
+        handler = retries.find(handlers, named)
+        if handler is None:
+            reason = f"retry {attempt.number} of handler {named!r}, which this service no longer has"
+            return Outcome(dead_reason=f"UnknownHandler: {reason} for {delivery.topic!r}")
+        try:
+            codec = wire.codec_of(message.content_type)
+            wire.check_size(len(message.body), self.limit)
+            data = codec.decode(message.body, handler.data_type)
+        except (DecodeError, MessageTooLarge) as exc:
+            return Outcome(dead_reason=f"{type(exc).__name__}: {exc}")
+        error, rescheduled = self._attempt(handler, handlers, data, delivery, attempt)
+        if rescheduled is not None:
+            return EventOutcome(rescheduled=(rescheduled,))
+        if error is None:
+            return Outcome()
+        reason, headers = retries.given_up(str(named), (*attempt.errors, error))
+        return EventOutcome(dead_reason=reason, dead_headers=headers)
+
+    def _attempt(
+        self,
+        handler: Handler,
+        handlers: tuple[Handler, ...],
+        data: Any,
+        delivery: Delivery,
+        attempt: retries.Attempt,
+    ) -> tuple[str | None, retries.Rescheduled | None]:
+        """Run an event handler (run `attempt`); return its error if it failed, and its next run if any."""
+        catching = retries.Catching(handler.fn)
+        reply = self._invoke(replace(handler, fn=catching), data, delivery)
+        if not isinstance(reply, wire.Failure):
+            return None, None
+        error = retries.error_text(reply.error)
+        if catching.error is None:  # failed after the handler returned: nothing to retry
+            return error, None
+        key = retries.key_of(handler, handlers)
+        return error, retries.reschedule(handler, key, catching.error, error, attempt)
 
     def exhausted(self, kind: Kind, message: Any, deliveries: int) -> Outcome:
         """Give up on a message delivered `deliveries` times without an ack."""
@@ -154,37 +239,7 @@ class Dispatcher:
     def _invoke(
         self, handler: Handler, data: Any, delivery: Delivery, report: Callable[[Any], bool] | None = None
     ) -> wire.Reply:
-        token = _current.set(delivery)
-        report_token = _reporter.set(report)
-        started = time.perf_counter()
-        try:
-            return wire.Result(handler.fn(data))
-        except Exception as exc:
-            logger.warning(
-                "handler_failed",
-                service=self.service,
-                handler=handler.name,
-                error_type=type(exc).__name__,
-                error=str(exc),
-                topic=delivery.topic,
-                correlation_id=delivery.correlation_id,
-                redelivered=delivery.redelivered,
-                exc_info=not isinstance(exc, RpcError),
-            )
-            return wire.Failure(wire.error_info(exc))
-        finally:
-            _reporter.reset(report_token)
-            _current.reset(token)
-            if log.debugging():
-                log.debug(
-                    "handler_ran",
-                    service=self.service,
-                    handler=handler.name,
-                    topic=delivery.topic,
-                    correlation_id=delivery.correlation_id,
-                    redelivered=delivery.redelivered,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                )
+        return invoke(self.service, handler, data, delivery, report, self.middleware)
 
 
 class _Unanswerable(Exception):
@@ -193,6 +248,16 @@ class _Unanswerable(Exception):
     def __init__(self, type_name: str, message: str) -> None:
         super().__init__(message)
         self.type_name = type_name
+
+
+def _check_result(codec: wire.Codec, body: bytes, contract: Topic[Any, Any]) -> None:
+    """Raise `ValidationError` unless a reply's result fits the topic's response type."""
+    try:
+        codec.decode(body, wire.envelope_for(contract.response))
+    except DecodeError as exc:
+        expected = getattr(contract.response, "__name__", repr(contract.response))
+        logger.error("handler_result_invalid", topic=contract.name, expected=expected, error=str(exc))
+        raise ValidationError(f"the handler's result does not fit {expected}: {exc}") from None
 
 
 def _failure(codec: wire.Codec, info: wire.ErrorInfo, *, dead: bool, answer: bool) -> Outcome:
@@ -216,70 +281,3 @@ def _codec_or_json(message: Any) -> wire.Codec:
         return wire.codec_of(message.content_type)
     except DecodeError:
         return wire.codec_for("json")
-
-
-def previous_deliveries(message: Any, *, classic: bool) -> int:
-    """Count how often the broker delivered this message before without an ack.
-
-    Headers a publisher could forge count only where the broker or this worker set them: the quorum
-    count on quorum queues, ours on a copy the worker re-published itself (see `_republished`).
-    """
-    headers = message.headers or {}
-    quorum = headers.get(wire.HEADER_QUORUM_COUNT)
-    if not classic and isinstance(quorum, int) and quorum >= 0:
-        return quorum
-    counted = headers.get(wire.HEADER_DELIVERIES, 0) if _republished(message) else 0
-    counted = counted if isinstance(counted, int) and counted >= 0 else 0
-    return counted + int(classic and bool(message.delivery_info.get("redelivered")))
-
-
-def topic_of(message: Any) -> str:
-    """Return the message's topic (kept in a header when the worker re-published it)."""
-    topic = (message.headers or {}).get(wire.HEADER_TOPIC) if _republished(message) else None
-    return topic if isinstance(topic, str) else str(message.delivery_info.get("routing_key", ""))
-
-
-def _republished(message: Any) -> bool:
-    # Publishers go through the calls and events exchanges; only the worker's own copies reach its
-    # queues by the default exchange. Trusting a topic header on anything else would let a publisher
-    # allowed one routing key (RabbitMQ topic permissions) reach the handler of another.
-    return bool(message.delivery_info.get("exchange") == "")
-
-
-def delivery_of(kind: Kind, message: Any, received: float | None = None) -> Delivery:
-    """Describe a kombu message as the `Delivery` a handler can see.
-
-    A call's deadline is the time the caller had left when it published (`HEADER_TIMEOUT`), counted
-    from when this worker received it on its own clock: no two clocks are compared, so clock skew
-    between caller and worker costs nothing. Time in the queue is the broker's to bound (the request's
-    `expiration`): a request is delivered only before it expires.
-    """
-    props = message.properties
-    info = message.delivery_info
-    headers = message.headers or {}
-    remaining = headers.get(wire.HEADER_TIMEOUT)
-    deadline = None
-    if isinstance(remaining, int | float) and not isinstance(remaining, bool):
-        waited = 0.0 if received is None else time.monotonic() - received
-        deadline = time.time() - waited + float(remaining)
-    return Delivery(
-        kind=kind,
-        topic=topic_of(message),
-        message_id=props.get("message_id"),
-        correlation_id=props.get("correlation_id"),
-        redelivered=bool(info.get("redelivered")) or previous_deliveries(message, classic=False) > 0,
-        delivery_tag=info.get("delivery_tag"),
-        deadline=deadline,
-        headers=headers,
-    )
-
-
-def describe(message: Any) -> dict[str, Any]:
-    """Return a message's log context: topic, correlation id, delivery tag, redelivered."""
-    info = message.delivery_info
-    return {
-        "topic": topic_of(message),
-        "correlation_id": message.properties.get("correlation_id"),
-        "delivery_tag": info.get("delivery_tag"),
-        "redelivered": bool(info.get("redelivered")),
-    }

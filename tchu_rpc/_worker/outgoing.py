@@ -6,7 +6,7 @@ from typing import Any
 
 from tchu_rpc import topology, wire
 from tchu_rpc._amqp.properties import printable
-from tchu_rpc._worker.dispatch import topic_of
+from tchu_rpc._worker.messages import topic_of
 
 
 def answer(message: Any, body: bytes, content_type: str, service: str) -> dict[str, Any]:

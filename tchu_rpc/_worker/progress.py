@@ -8,7 +8,7 @@ from typing import Any
 from tchu_rpc import log, wire
 from tchu_rpc._amqp.loop import Loop
 from tchu_rpc._worker import outgoing
-from tchu_rpc._worker.dispatch import describe
+from tchu_rpc._worker.messages import describe
 from tchu_rpc._worker.settle import Job, Settler
 
 

@@ -1,11 +1,12 @@
 """Settle deliveries: publish what each needs, then ack it once the broker took all of it.
 
-What a delivery needs is a reply, a copy to the dead-letter queue, or a counted copy back to its own
-queue (a redelivery on a classic queue). On a call channel (transactional, see `publisher`) those
-publishes and the ack are one AMQP transaction: the broker applies all or none. Elsewhere the ack
-waits for every publish's confirm. Either way a worker that dies in between leaves the delivery to
-be redelivered, never lost. The `Settler` also counts the deliveries in flight, so that a worker can
-stop when they are settled. Runs on the worker's I/O thread.
+What a delivery needs is a reply, a copy to the dead-letter queue, a counted copy back to its own
+queue (a redelivery on a classic queue), or an event's retry copies to its service's delay queues
+(`retries`). On a call channel (transactional, see `publisher`) those publishes and the ack are one
+AMQP transaction: the broker applies all or none. Elsewhere the ack waits for every publish's
+confirm. Either way a worker that dies in between leaves the delivery to be redelivered, never lost.
+The `Settler` also counts the deliveries in flight, so that a worker can stop when they are settled.
+Runs on the worker's I/O thread.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from tchu_rpc import log, wire
+from tchu_rpc import log, topology, wire
 from tchu_rpc._amqp.publisher import Publisher
-from tchu_rpc._worker import outgoing
-from tchu_rpc._worker.dispatch import describe
+from tchu_rpc._worker import outgoing, retries
+from tchu_rpc._worker.dispatch import EventOutcome, Outcome
+from tchu_rpc._worker.messages import delivery_of, describe
 from tchu_rpc.log import logger
+from tchu_rpc.middleware import Middleware, run_after
 from tchu_rpc.registry import Kind
 
 
@@ -40,8 +43,9 @@ class Job:
 class Settler:
     """Publish for deliveries, ack them with their commit or on their confirms; count those in flight."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, middleware: tuple[Middleware, ...] = ()) -> None:
         self.service = service
+        self._middleware = middleware  # its `on_dead_letter` hooks
         self.publishers: dict[Kind, Publisher] = {}  # one per lane's channel, set on each connection
         self.inflight = 0
         #: Notified when nothing is in flight any more (and by the worker when it stops consuming).
@@ -84,10 +88,46 @@ class Settler:
         for send in sends:
             publisher.publish(on_confirm=confirmed, **send)
 
-    def dead_letter(self, message: Any, reason: str) -> dict[str, Any]:
+    def copies(self, job: Job, outcome: Outcome) -> list[dict[str, Any]]:
+        """Return the publish arguments of the copies `outcome` asks for: dead letter, retries."""
+        message = job.message
+        if outcome.dead_reason is not None and self._middleware:
+            about, reason = {"service": self.service, **describe(message)}, outcome.dead_reason
+            run_after("on_dead_letter", self._middleware, delivery_of(job.kind, message), reason, **about)
+        if not isinstance(outcome, EventOutcome):
+            if outcome.dead_reason is None:
+                return []
+            return [self.dead_letter(message, outcome.dead_reason)]
+        sends = [self.retry_copy(message, rescheduled) for rescheduled in outcome.rescheduled]
+        if outcome.dead_reason is not None:
+            sends.append(self.dead_letter(message, outcome.dead_reason, outcome.dead_headers))
+        return sends
+
+    def dead_letter(self, message: Any, reason: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return the publish arguments of `message`'s copy to the dead-letter queue, with `reason`."""
         logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
-        return outgoing.copy(message, f"{self.service}.dead", {wire.HEADER_ERROR: reason[:1000]})
+        headers = {wire.HEADER_ERROR: reason[:1000], **(extra or {})}
+        # When it was dead-lettered (`tchu-rpc dead` shows its age).
+        return {**outgoing.copy(message, f"{self.service}.dead", headers), "timestamp": int(time.time())}
+
+    def retry_copy(self, message: Any, rescheduled: retries.Rescheduled) -> dict[str, Any]:
+        """Return the publish arguments of an event's copy to the delay queue of its handler's retry.
+
+        Persistent whatever the original was: a waiting retry survives a broker restart.
+        """
+        queue = topology.retry_queue_name(self.service, rescheduled.queue_ms)
+        logger.info(
+            "retry_scheduled",
+            service=self.service,
+            handler=rescheduled.handler,
+            attempt=rescheduled.attempt,
+            delay_ms=round(rescheduled.wait * 1000),
+            queue=queue,
+            **describe(message),
+        )
+        send = outgoing.copy(message, queue, rescheduled.headers())
+        retries.strip_stale(send["headers"])
+        return {**send, "delivery_mode": 2, "expiration": rescheduled.wait}
 
     def counted_copy(self, job: Job, earlier: int) -> dict[str, Any]:
         """Return the publish arguments of `job`'s copy to its own queue, counting deliveries.

@@ -67,6 +67,40 @@ def test_publish_arguments_parse() -> None:
     assert (args.timeout, args.broker) == (None, "amqp://x//")
 
 
+def test_dead_arguments_parse() -> None:
+    argv = ["dead", "users", "--replay", "--topic", "user.#", "--limit", "10", "--calls", "--json"]
+    args = cli.build_parser().parse_args([*argv, "--broker", "amqp://x//"])
+    assert (args.command, args.service) == ("dead", "users")
+    assert args.replay and args.calls and args.json
+    assert (args.topic, args.limit, args.broker) == ("user.#", 10, "amqp://x//")
+
+
+def test_dead_lists_by_default_with_no_limit_given() -> None:
+    args = cli.build_parser().parse_args(["dead", "users"])
+    assert (args.replay, args.topic, args.limit, args.calls, args.json) == (False, None, None, False, False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["dead", "users", "--limit", "0"], "ConfigError: limit must be at least 1"),
+        (["dead", "users", "--replay", "--limit", "-1"], "ConfigError: limit must be at least 1"),
+        (["dead", "users", "--replay", "--topic", "user.ab*"], "TopicError: pattern 'user.ab*'"),
+    ],
+)
+def test_dead_with_a_bad_limit_or_pattern_exits_1_before_connecting(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*argv, "--broker", "amqp://guest:guest@127.0.0.1:1//"]) == 1
+    assert error in capsys.readouterr().err
+
+
+def test_dead_without_a_service_exits_with_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["dead", "--replay"])
+    assert info.value.code == 2
+
+
 def test_demo_arguments_parse() -> None:
     args = cli.build_parser().parse_args(["demo", "--broker", "amqp://rabbit//"])
     assert (args.command, args.broker) == ("demo", "amqp://rabbit//")

@@ -1,0 +1,1 @@
+"""A service's dead-letter queue: read its letters, and move them back once each (private)."""
