@@ -34,6 +34,8 @@ class Recording(Middleware):
 
     def after_handler(self, delivery: Delivery, result: Any) -> None:
         self.seen.append((self.name, "after_handler", delivery.topic))
+        if self.done is not None and self.name == "x":
+            self.done.set()
 
     def on_error(self, delivery: Delivery, error: BaseException) -> None:
         self.seen.append((self.name, "on_error", delivery.topic))
@@ -131,3 +133,24 @@ def test_a_before_publish_that_raises_sends_nothing(tchu: TchuFactory) -> None:
     with pytest.raises(PermissionError):
         vetoing.publish("mw.happened", 1)
     assert vetoing._inflight.items() == []
+
+
+@pytest.mark.timeout(60)
+def test_middleware_sees_each_event_once_on_both_sides(tchu: TchuFactory) -> None:
+    # Given a worker and a client, each with one middleware, and an event handler
+    worker_seen: list[tuple[str, str, str]] = []
+    client_seen: list[tuple[str, str, str]] = []
+    confirmed = threading.Event()
+    handled = threading.Event()  # set by the worker's middleware once after_handler ran
+    registry = Registry()
+    registry.subscribe("mw.noted")(lambda data: None)
+    tchu.worker(registry, middleware=[Recording("x", worker_seen, handled)])
+    client = tchu.client(middleware=[Recording("b", client_seen, confirmed)])
+
+    # When one event is published
+    client.publish("mw.noted", 1)
+
+    # Then the client's hooks saw it once (after_reply: its confirm), and the worker's once
+    assert confirmed.wait(WAIT) and handled.wait(WAIT)
+    assert client_seen == [("b", "before_publish", "mw.noted"), ("b", "after_reply", "mw.noted")]
+    assert worker_seen == [("x", "before_handler", "mw.noted"), ("x", "after_handler", "mw.noted")]
