@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--event-threads", type=int, help="handler threads for events per process")
     worker.add_argument("--event-prefetch", type=int, help="unacked events per process")
     worker.add_argument("--reply-cache", metavar="REDIS_URL", help="answer redelivered calls from this cache")
+    worker.add_argument(
+        "--accept-tchu-tchu",
+        action="store_true",
+        default=None,
+        help="also serve tchu-tchu clients (their calls and events on the events exchange)",
+    )
     _broker(worker)
 
     for name, text in (
@@ -93,6 +99,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         event_concurrency=getattr(args, "event_threads", None),
         event_prefetch=getattr(args, "event_prefetch", None),
         reply_cache_url=getattr(args, "reply_cache", None),
+        accept_tchu_tchu=getattr(args, "accept_tchu_tchu", None),
     )
     if args.command == "worker":
         from tchu_rpc.process import Supervisor, import_handlers

@@ -91,6 +91,9 @@ class Settings:
     tls_verify: bool = True
     #: TLS: the name the broker's certificate must carry (default: the host of the broker URL).
     tls_server_hostname: str | None = None
+    #: Also serve tchu-tchu 2.x/3.x clients (`_worker.legacy`): bind the call patterns on the events
+    #: exchange too, run their Celery task messages and answer calls in Celery's rpc:// result format.
+    accept_tchu_tchu: bool = False
 
     def __post_init__(self) -> None:
         self._check_numbers()

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -18,7 +19,13 @@ from typing import Any
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
 from tchu_rpc.log import configure, logger
+from tchu_rpc.middleware import Middleware
 from tchu_rpc.worker import Worker
+
+#: Run in each child before its handler modules are imported (a framework's set-up, such as
+#: `django.setup()`); returns the worker's middleware. A module-level function: it crosses to the
+#: child by reference, since children are spawned.
+ChildSetup = Callable[[], Sequence[Middleware]]
 
 _RESTART_DELAY_MAX = 5.0
 _KILL_AFTER = 5.0  # seconds past the grace period before a child is killed
@@ -50,16 +57,29 @@ def import_handlers(modules: list[str]) -> None:
             raise ConfigError(f"cannot import handler module {name!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _child_main(modules: list[str], queue: str, settings: Settings, log_level: str, errors: Any) -> None:
+def _child_main(
+    modules: list[str], queue: str, settings: Settings, log_level: str, errors: Any, setup: ChildSetup | None
+) -> None:
     configure(log_level)
     threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
     try:
+        middleware = _set_up(setup)
         import_handlers(modules)
-        Worker(queue=queue, settings=settings).run()  # a ConfigError comes from start(), not later
+        # A ConfigError comes from start(), not later.
+        Worker(queue=queue, settings=settings, middleware=middleware).run()
     except ConfigError as exc:
         logger.error("worker_start_refused", error=str(exc))
         errors.put(str(exc))  # the supervisor gives up with it after a few in a row
         sys.exit(EXIT_CONFIG)
+
+
+def _set_up(setup: ChildSetup | None) -> Sequence[Middleware] | None:
+    if setup is None:
+        return None
+    try:
+        return setup()
+    except Exception as exc:  # a misconfigured framework: a restart will not change it
+        raise ConfigError(f"worker set-up failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _stop_with_parent() -> None:
@@ -74,13 +94,20 @@ class Supervisor:
     """Keep `processes` worker processes running until asked to stop."""
 
     def __init__(
-        self, modules: list[str], queue: str, settings: Settings, processes: int, log_level: str
+        self,
+        modules: list[str],
+        queue: str,
+        settings: Settings,
+        processes: int,
+        log_level: str,
+        *,
+        setup: ChildSetup | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError(f"concurrency must be at least 1, got {processes}")
         self._context = multiprocessing.get_context("spawn")
         self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
-        self._args = (modules, queue, settings, log_level, self._errors)
+        self._args = (modules, queue, settings, log_level, self._errors, setup)
         self._config_failures = 0
         self._gave_up: str | None = None
         self._grace = settings.shutdown_grace

@@ -52,8 +52,16 @@ def check_service(service: str) -> str:
 
 
 def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
-    """Return the service's call queue, bound to the calls exchange with `patterns`."""
-    return _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
+    """Return the service's call queue, bound to the calls exchange with `patterns`.
+
+    With `accept_tchu_tchu` it is bound with them on the events exchange too: tchu-tchu sends its
+    calls there (`_worker.legacy`).
+    """
+    queue = _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
+    if settings.accept_tchu_tchu:
+        events = events_exchange(settings)
+        queue.bindings |= {binding(events, routing_key=p) for p in patterns}
+    return queue
 
 
 def event_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:

@@ -55,6 +55,7 @@ class Worker:
             handler, and keep successful replies there (for `settings.reply_cache_ttl` seconds);
             defaults to a `RedisReplyCache` on `settings.reply_cache_url` when that is set.
         middleware: hooks around every handler and dead letter, in this order (`tchu_rpc.Middleware`).
+        accept_tchu_tchu: serve tchu-tchu clients too (`settings.accept_tchu_tchu`, `_worker.legacy`).
     """
 
     def __init__(
@@ -66,9 +67,11 @@ class Worker:
         settings: Settings | None = None,
         reply_cache: ReplyCache | None = None,
         middleware: Sequence[Middleware] | None = None,
+        accept_tchu_tchu: bool | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
-        self.settings = settings.replace(broker_url=url) if url else settings
+        tchu_tchu = settings.accept_tchu_tchu if accept_tchu_tchu is None else accept_tchu_tchu
+        self.settings = settings.replace(broker_url=url or settings.broker_url, accept_tchu_tchu=tchu_tchu)
         self.service = topology.check_service(queue)
         self.registry = default_registry if registry is None else registry
         if reply_cache is None and self.settings.reply_cache_url:
@@ -80,19 +83,16 @@ class Worker:
         self._consumers: dict[Kind, Consumer] = {}
         self._lanes: dict[Kind, Lane] = {}
         self._settler = Settler(self.service, self._dispatcher.middleware)
-        self._started = threading.Event()
-        self._stop_requested = threading.Event()
+        self._started, self._stop_requested = threading.Event(), threading.Event()
         self._start_error: BaseException | None = None
-        self._cancelled = False
-        self._stopped = self._serving = False
-        self._stop_lock = threading.Lock()
+        self._cancelled = self._stopped = self._serving = False
+        self._stop_lock = threading.Lock()  # a second stop() returns once the first has stopped it
         hooks = {"on_connect": self._setup, "on_lost": self._lost, "on_tick": self._enforce_time_limit}
         self._loop = DeferringLoop(f"tchu-worker-{queue}", self.settings, **hooks)
         self._progress = ProgressSender(
             self.service, self._loop, self._settler, self.settings.max_message_bytes
         )
 
-    # -- public API ---------------------------------------------------------------------------
     def start(self, timeout: float | None = None) -> Worker:
         """Connect, declare the service's queues, start consuming; return once consuming.
 
@@ -127,7 +127,7 @@ class Worker:
         Messages still unfinished after `timeout` (default `settings.shutdown_grace`) stay unacked
         and the broker redelivers them when the connection closes.
         """
-        with self._stop_lock:  # a second caller returns once the first has stopped the worker
+        with self._stop_lock:
             if not self._stopped:
                 self._stop(timeout)
                 self._stopped = True

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tchu_rpc import reply_cache, topology, wire
-from tchu_rpc._worker import retries
+from tchu_rpc._worker import legacy, retries
 from tchu_rpc._worker.invoke import invoke
 from tchu_rpc._worker.messages import delivery_of, describe, republished
 from tchu_rpc.config import Settings
@@ -63,6 +63,8 @@ class Dispatcher:
         self.cache = cache
         self.cache_ttl = settings.reply_cache_ttl
         self.middleware: tuple[Middleware, ...] = middleware
+        #: Also read tchu-tchu's Celery task messages (`_worker.legacy`); off, nothing else is looked at.
+        self.accept_tchu_tchu = settings.accept_tchu_tchu
 
     def call(
         self, message: Any, report: Callable[[Any], bool] | None = None, received: float | None = None
@@ -72,6 +74,8 @@ class Dispatcher:
         `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
         `received` is when the worker received it (`time.monotonic()`; default: now).
         """
+        if self.accept_tchu_tchu and (tchu_tchu := self._tchu_tchu_call(message, received)) is not None:
+            return tchu_tchu
         reply_to = message.properties.get("reply_to")
         if reply_to and not reply_to.startswith(topology.REPLY_ADDRESSES):
             reason = f"reply_to {reply_to!r} is not a reply address (direct reply-to or a client's queue)"
@@ -87,6 +91,17 @@ class Dispatcher:
         if outcome.cacheable and outcome.reply is not None:
             # Stored before the reply is published, so a crash between reply and ack is covered.
             reply_cache.store(cache, message_id, outcome.reply, outcome.content_type, self.cache_ttl)
+        return outcome
+
+    def _tchu_tchu_call(self, message: Any, received: float | None) -> Outcome | None:
+        """Return the outcome of a tchu-tchu call (`_worker.legacy`), or None for a native message."""
+        try:
+            task = legacy.recognize(message)
+        except DecodeError as exc:  # its reply_to is not ours to trust: no answer
+            return Outcome(dead_reason=f"DecodeError: {exc}")
+        if task is None:
+            return None
+        outcome: Outcome = legacy.call(self, task, message, received)
         return outcome
 
     def _call(self, message: Any, report: Callable[[Any], bool] | None, received: float | None) -> Outcome:
@@ -126,6 +141,13 @@ class Dispatcher:
 
         A retry copy (`_worker.retries`) runs only the handler it names: its siblings ran already.
         """
+        if self.accept_tchu_tchu:
+            message, refused = _tchu_tchu_event(message)
+            if refused is not None:
+                return refused
+        return self._event(message)
+
+    def _event(self, message: Any) -> Outcome:
         delivery = delivery_of("event", message)
         handlers = self.registry.match(delivery.topic, "event")
         named = delivery.headers.get(wire.HEADER_RETRY_HANDLER)
@@ -248,6 +270,15 @@ class _Unanswerable(Exception):
     def __init__(self, type_name: str, message: str) -> None:
         super().__init__(message)
         self.type_name = type_name
+
+
+def _tchu_tchu_event(message: Any) -> tuple[Any, Outcome | None]:
+    """Return a tchu-tchu event as a native one (`_worker.legacy`), or why it is dead-lettered."""
+    try:
+        task = legacy.recognize(message)
+    except DecodeError as exc:
+        return message, Outcome(dead_reason=f"DecodeError: {exc}")
+    return (message, None) if task is None else (legacy.as_event(message, task), None)
 
 
 def _check_result(codec: wire.Codec, body: bytes, contract: Topic[Any, Any]) -> None:

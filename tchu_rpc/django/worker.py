@@ -1,0 +1,42 @@
+"""Run the supervised worker for a Django project: Django set up in each child, connections kept fresh."""
+
+from __future__ import annotations
+
+import django
+from django.db import close_old_connections
+
+from tchu_rpc.delivery import Delivery
+from tchu_rpc.django.conf import settings_from_django
+from tchu_rpc.middleware import Middleware
+from tchu_rpc.process import Supervisor, import_handlers
+
+
+class CloseOldConnections(Middleware):
+    """Close the handler thread's database connections that are broken or past `CONN_MAX_AGE`.
+
+    Run before and after each handler, as Celery does around tasks and Django around requests: a
+    long-running worker then reconnects after a database restart instead of failing every message.
+    """
+
+    def before_handler(self, delivery: Delivery) -> None:
+        close_old_connections()
+
+    def after_handler(self, delivery: Delivery, result: object) -> None:
+        close_old_connections()
+
+    def on_error(self, delivery: Delivery, error: BaseException) -> None:
+        close_old_connections()
+
+
+def set_up_child() -> list[Middleware]:
+    """Set Django up in a worker process (which imports the subscribers); return its middleware."""
+    django.setup()  # DJANGO_SETTINGS_MODULE and sys.path come from the parent
+    return [CloseOldConnections()]
+
+
+def run(queue: str, *, processes: int = 1, log_level: str = "info", modules: list[str] | None = None) -> int:
+    """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code."""
+    modules = list(modules or ())
+    import_handlers(modules)  # fail fast here, before spawning children
+    settings = settings_from_django()
+    return Supervisor(modules, queue, settings, processes, log_level, setup=set_up_child).run()

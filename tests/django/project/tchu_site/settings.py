@@ -1,0 +1,29 @@
+"""Settings of the Django test project: SQLite and PostgreSQL databases, named by the test session.
+
+The test process has both (`default`: SQLite, `postgres`: PostgreSQL); a worker subprocess is given
+one as its `default` by `TCHU_TEST_DATABASE`. tchu_rpc's broker and exchanges come from `TCHU_RPC_*`
+variables (the environment beneath Django's `TCHU_RPC`).
+"""
+
+import os
+
+SECRET_KEY = "tchu-rpc-tests"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = ["tchu_rpc.django", "shop"]
+TCHU_RPC = {"call_timeout": 10.0}
+
+_SQLITE = {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("TCHU_TEST_SQLITE", ":memory:")}
+_POSTGRES = {
+    "ENGINE": "django.db.backends.postgresql",
+    "HOST": "127.0.0.1",
+    "PORT": 5432,
+    "USER": "postgres",
+    "NAME": os.environ.get("TCHU_TEST_PG_NAME", "test"),
+    # Persistent connections checked once per handler: what survives a database restart.
+    "CONN_MAX_AGE": None,
+    "CONN_HEALTH_CHECKS": True,
+}
+_BY_NAME = {"sqlite": _SQLITE, "postgres": _POSTGRES}
+_ONE = os.environ.get("TCHU_TEST_DATABASE")
+DATABASES = {"default": _BY_NAME[_ONE]} if _ONE else {"default": _SQLITE, "postgres": _POSTGRES}
