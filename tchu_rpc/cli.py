@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also serve tchu-tchu clients (their calls and events on the events exchange)",
     )
+    worker.add_argument(
+        "--legacy-queue",
+        metavar="NAME",
+        help="take over this tchu-tchu service queue (setup_celery_queue's); implies --accept-tchu-tchu",
+    )
     _broker(worker)
 
     for name, text in (
@@ -100,6 +105,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         event_prefetch=getattr(args, "event_prefetch", None),
         reply_cache_url=getattr(args, "reply_cache", None),
         accept_tchu_tchu=getattr(args, "accept_tchu_tchu", None),
+        legacy_queue=getattr(args, "legacy_queue", None),
     )
     if args.command == "worker":
         from tchu_rpc.process import Supervisor, import_handlers

@@ -24,7 +24,7 @@ from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
-from tchu_rpc._client import forks
+from tchu_rpc._client import forks, legacy
 from tchu_rpc._client.api import ClientAPI
 from tchu_rpc._client.arguments import (
     check_request,
@@ -66,7 +66,8 @@ class Client(ClientAPI):
         self._middleware = checked(middleware)
         settings = settings or Settings.from_env()
         self.settings = settings.replace(broker_url=url) if url else settings
-        self._codec = wire.codec_for(self.settings.serializer)
+        self._tchu_tchu = self.settings.tchu_tchu_format  # send as tchu-tchu does: `_client.legacy`
+        self._codec = wire.codec_for("json" if self._tchu_tchu else self.settings.serializer)
         self._topics: set[str] = set()  # topics checked already
         self._closed = False
         self._fresh()
@@ -148,6 +149,8 @@ class Client(ClientAPI):
         body = wire.encode(self._codec, data, self.settings.max_message_bytes)
         if contract is not None and contract.request is not Any:
             check_request(self._codec, body, contract)
+        if self._tchu_tchu:
+            body = legacy.task_body(kind, topic, body, self.settings.max_message_bytes)
         message_id = uuid.uuid4().hex
         future = CallFuture()
         future.callbacks = self._callbacks
@@ -172,7 +175,8 @@ class Client(ClientAPI):
         # Direct reply-to needs no queue; a virtual transport (memory://) gets a private one.
         direct = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
         queue = direct if is_amqp(conn) else topology.reply_queue()
-        on_message = partial(on_reply, self._inflight, self._callbacks, self.settings.max_message_bytes)
+        read = legacy.on_reply if self._tchu_tchu else on_reply
+        on_message = partial(read, self._inflight, self._callbacks, self.settings.max_message_bytes)
         Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
         self._reply_to = queue.name
         # The login RabbitMQ checks a message's user_id against: the identity a handler can trust.
@@ -194,6 +198,9 @@ class Client(ClientAPI):
         remaining = pending.deadline - time.monotonic()
         if remaining <= 0:
             return  # the tick expires it
+        if self._tchu_tchu:
+            self._send_task(publisher, message_id, pending, remaining)
+            return
         codec = self._codec
         headers: dict[str, Any] = {wire.HEADER_VERSION: wire.PROTOCOL_VERSION}
         props: dict[str, Any] = {
@@ -214,6 +221,14 @@ class Client(ClientAPI):
             headers.update(pending.extra)
         props.update(routing_key=pending.topic, message_id=message_id, headers=headers, user_id=self._user)
         publisher.publish(pending.body, on_confirm=on_confirm, **props)
+        pending.sent = True
+
+    def _send_task(self, publisher: Publisher, message_id: str, pending: Pending, remaining: float) -> None:
+        expiration = max(remaining - min(0.1 * remaining, _EXPIRY_MARGIN), 0.001)
+        props = legacy.properties(pending, message_id, self._reply_to, expiration)
+        on_confirm = partial(self._confirmed, message_id)
+        exchange = self.settings.events_exchange  # tchu-tchu sends calls there too
+        publisher.publish(pending.body, on_confirm=on_confirm, exchange=exchange, user_id=self._user, **props)
         pending.sent = True
 
     def _confirmed(self, message_id: str, ok: bool) -> None:

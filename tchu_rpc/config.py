@@ -94,6 +94,13 @@ class Settings:
     #: Also serve tchu-tchu 2.x/3.x clients (`_worker.legacy`): bind the call patterns on the events
     #: exchange too, run their Celery task messages and answer calls in Celery's rpc:// result format.
     accept_tchu_tchu: bool = False
+    #: Take over this durable queue of a tchu-tchu service (`setup_celery_queue`'s `queue_name`): consume
+    #: it on the events lane, bind the event patterns (and tchu-tchu's calls) to it rather than to
+    #: `<service>.events`; implies `accept_tchu_tchu` (`_worker.legacy`).
+    legacy_queue: str | None = None
+    #: Send as tchu-tchu 2.x/3.x does (`_client.legacy`): every publish and call is a Celery task for
+    #: `tchu_tchu.dispatch_event` on the events exchange; calls read Celery's rpc:// result.
+    tchu_tchu_format: bool = False
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -131,6 +138,10 @@ class Settings:
             raise ConfigError("broker_url must not be empty")
         _check_exchange("events_exchange", self.events_exchange)
         _check_exchange("calls_exchange", self.calls_exchange)
+        if self.legacy_queue is not None and not _queue_name(self.legacy_queue):
+            raise ConfigError(
+                f"legacy_queue must be 1-255 bytes and not start with 'amq.', got {self.legacy_queue!r}"
+            )
         if self.tls_key_file and not self.tls_cert_file:
             raise ConfigError("tls_key_file needs tls_cert_file (the certificate of that key)")
         if self.tls_server_hostname and not self.tls_verify:
@@ -163,6 +174,21 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def for_worker(
+        self, url: str | None, accept_tchu_tchu: bool | None, legacy_queue: str | None
+    ) -> Settings:
+        """Return a copy with a `Worker`'s arguments applied (None keeps a setting).
+
+        A legacy queue implies `accept_tchu_tchu`: its messages are tchu-tchu's.
+        """
+        legacy_queue = legacy_queue or self.legacy_queue
+        tchu_tchu = self.accept_tchu_tchu if accept_tchu_tchu is None else accept_tchu_tchu
+        return self.replace(
+            broker_url=url or self.broker_url,
+            accept_tchu_tchu=tchu_tchu or bool(legacy_queue),
+            legacy_queue=legacy_queue,
+        )
+
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -193,6 +219,10 @@ _TLS_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tl
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _queue_name(name: str) -> bool:
+    return 0 < len(name.encode()) <= 255 and not name.startswith("amq.")
 
 
 def _check_exchange(name: str, exchange: str) -> None:

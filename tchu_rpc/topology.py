@@ -58,15 +58,36 @@ def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Q
     calls there (`_worker.legacy`).
     """
     queue = _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
-    if settings.accept_tchu_tchu:
+    if settings.accept_tchu_tchu and not settings.legacy_queue:  # else bound to the legacy queue
         events = events_exchange(settings)
         queue.bindings |= {binding(events, routing_key=p) for p in patterns}
     return queue
 
 
 def event_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
-    """Return the service's event queue, bound to the events exchange with `patterns`."""
+    """Return the service's event queue, bound to the events exchange with `patterns`.
+
+    With `legacy_queue` it is bound with nothing (`legacy_queue` takes the patterns): two queues
+    bound with the same pattern would each get a copy of every event, handled twice.
+    """
+    patterns = () if settings.legacy_queue else patterns
     return _bound_queue(f"{service}.events", events_exchange(settings), patterns, settings)
+
+
+def legacy_queue(settings: Settings, patterns: tuple[str, ...]) -> Queue:
+    """Return the tchu-tchu service queue `settings.legacy_queue`, bound to the events exchange.
+
+    It is declared as tchu-tchu's `setup_celery_queue` declares it (durable, not auto-delete, no
+    arguments), but only passively (`_worker.consumers`): it must exist, and a queue that exists with
+    other arguments is taken as it is rather than refused with 406. `patterns` (the service's event
+    and call patterns) are bound in addition to the bindings tchu-tchu made, which stay.
+    """
+    name = settings.legacy_queue
+    if not name:
+        raise ConfigError("legacy_queue is not set")
+    exchange = events_exchange(settings)
+    bindings = [binding(exchange, routing_key=p) for p in patterns]
+    return Queue(name, bindings=bindings, durable=True, auto_delete=False)
 
 
 def lane_queue(kind: Kind, service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:

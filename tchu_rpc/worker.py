@@ -23,7 +23,7 @@ from tchu_rpc import topology
 from tchu_rpc._amqp import properties
 from tchu_rpc._amqp.connection import refusal
 from tchu_rpc._amqp.inline_calls import DeferringLoop
-from tchu_rpc._worker import outgoing
+from tchu_rpc._worker import consumers, legacy, outgoing
 from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
 from tchu_rpc._worker.dispatch import Dispatcher, Outcome
 from tchu_rpc._worker.lanes import Lane
@@ -39,9 +39,6 @@ from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
 
-#: How many patterns of each kind the `worker_consuming` log names.
-_SAMPLE = 10
-
 
 class Worker:
     """Serve a registry's handlers as the service `queue`.
@@ -56,6 +53,7 @@ class Worker:
             defaults to a `RedisReplyCache` on `settings.reply_cache_url` when that is set.
         middleware: hooks around every handler and dead letter, in this order (`tchu_rpc.Middleware`).
         accept_tchu_tchu: serve tchu-tchu clients too (`settings.accept_tchu_tchu`, `_worker.legacy`).
+        legacy_queue: take over this tchu-tchu service queue (`settings.legacy_queue`); implies the above.
     """
 
     def __init__(
@@ -68,10 +66,10 @@ class Worker:
         reply_cache: ReplyCache | None = None,
         middleware: Sequence[Middleware] | None = None,
         accept_tchu_tchu: bool | None = None,
+        legacy_queue: str | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
-        tchu_tchu = settings.accept_tchu_tchu if accept_tchu_tchu is None else accept_tchu_tchu
-        self.settings = settings.replace(broker_url=url or settings.broker_url, accept_tchu_tchu=tchu_tchu)
+        self.settings = settings.for_worker(url, accept_tchu_tchu, legacy_queue)
         self.service = topology.check_service(queue)
         self.registry = default_registry if registry is None else registry
         if reply_cache is None and self.settings.reply_cache_url:
@@ -163,15 +161,12 @@ class Worker:
     def _setup(self, conn: Connection) -> None:
         self._consumers = {}
         declare_service(conn, self.service, self.settings, self.registry, self._setup_progress)
-        for kind in sorted(self.registry.kinds()):  # calls first
+        for kind in consumers.lanes(self.registry, self.settings):  # calls first
             self._consume(conn, kind)
         self._cancelled = False
         if self._stop_requested.is_set():
             self._cancel()
-        calls, events = self.registry.patterns("call"), self.registry.patterns("event")
-        # Counts and a few of each: a worker may serve thousands of topics.
-        sample = {"call_sample": calls[:_SAMPLE], "event_sample": events[:_SAMPLE]}
-        logger.info("worker_consuming", service=self.service, calls=len(calls), events=len(events), **sample)
+        consumers.log_consuming(self.service, self.registry, self.settings)
         self._started.set()
 
     def _consume(self, conn: Connection, kind: Kind) -> None:
@@ -281,7 +276,7 @@ class Worker:
                 report = partial(self._progress.report, job)
                 outcome = self._dispatcher.call(job.message, report, job.received)
             else:
-                outcome = self._dispatcher.event(job.message)
+                outcome = legacy.event(self._dispatcher, job.message, job.received)
         except (SystemExit, KeyboardInterrupt) as exc:
             self._exit(job, exc)
             return

@@ -28,6 +28,8 @@ from tchu_rpc.registry import Kind, Registry
 #: Binds sent before one synchronous method confirms them: small enough that the broker answers
 #: well within the socket's read timeout even while it creates new durable bindings (~1 ms each).
 _BIND_BATCH = 500
+#: How many patterns of each kind the `worker_consuming` log names.
+_SAMPLE = 10
 #: A queue with this many bindings or more logs `bindings_declared` after every this many.
 _LOG_EVERY = 2000
 
@@ -94,12 +96,15 @@ def declare_service(
 ) -> None:
     """Declare `service`'s exchanges, lanes' queues and bindings, dead-letter and retry delay queues."""
     channel = conn.channel()
-    kinds = sorted(registry.kinds())
-    queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind)) for kind in kinds]
-    progress.begin(sum(len(queue.bindings) for queue in queues))
-    for queue in queues:
+    queues = [
+        topology.lane_queue(kind, service, settings, registry.patterns(kind))
+        for kind in lanes(registry, settings)
+    ]
+    legacy = _legacy_queue(settings, registry)
+    progress.begin(sum(len(queue.bindings) for queue in [*queues, *legacy]))
+    for queue in [*queues, *legacy]:
         if is_amqp(conn):
-            _declare_and_bind(channel, queue, service, progress)
+            _declare_and_bind(channel, queue, service, progress, passive=queue in legacy)
         else:  # kombu's virtual transport binds in memory, without round trips
             queue(channel).declare()
             progress.advance(len(queue.bindings))
@@ -112,11 +117,49 @@ def declare_service(
     channel.close()
 
 
-def _declare_and_bind(channel: Any, queue: Queue, service: str, progress: SetupProgress) -> None:
-    """Declare `queue` and its exchanges, then bind its patterns without a round trip each."""
+def lanes(registry: Registry, settings: Settings) -> list[Kind]:
+    """Return the lanes a worker opens, calls first: its registry's kinds, and events for a legacy queue."""
+    kinds: set[Kind] = set(registry.kinds())
+    if settings.legacy_queue:
+        kinds.add("event")  # the legacy queue is consumed on the events lane
+    return sorted(kinds)
+
+
+def _legacy_queue(settings: Settings, registry: Registry) -> list[Queue]:
+    if not settings.legacy_queue:
+        return []
+    # tchu-tchu sends events and calls alike to the events exchange: both kinds' patterns.
+    patterns = tuple(sorted({*registry.patterns("event"), *registry.patterns("call")}))
+    return [topology.legacy_queue(settings, patterns)]
+
+
+def log_consuming(service: str, registry: Registry, settings: Settings) -> None:
+    """Log `worker_consuming`: counts and a few patterns of each kind (there may be thousands)."""
+    calls, events = registry.patterns("call"), registry.patterns("event")
+    sample = {"call_sample": calls[:_SAMPLE], "event_sample": events[:_SAMPLE]}
+    logger.info(
+        "worker_consuming",
+        service=service,
+        calls=len(calls),
+        events=len(events),
+        legacy_queue=settings.legacy_queue,
+        **sample,
+    )
+
+
+def _declare_and_bind(
+    channel: Any, queue: Queue, service: str, progress: SetupProgress, *, passive: bool = False
+) -> None:
+    """Declare `queue` (only check it exists with `passive`) and its exchanges, then bind its patterns.
+
+    The binds go without a round trip each.
+    """
     for exchange in {b.exchange.name: b.exchange for b in queue.bindings}.values():
         exchange(channel).declare()  # before any bind: binding to a missing exchange fails
-    queue(channel).queue_declare()
+    if passive:  # a queue someone else declared: take it as it is (404 if it does not exist)
+        channel.queue_declare(queue=queue.name, passive=True)
+    else:
+        queue(channel).queue_declare()
     keys = sorted((b.exchange.name, b.routing_key) for b in queue.bindings)  # kombu keeps a set
     began = time.perf_counter()
     for start in range(0, len(keys), _BIND_BATCH):
@@ -151,15 +194,20 @@ def open_lane(
     on_decode_error: Callable[[Any, BaseException], None],
     fast: bool,
 ) -> tuple[Consumer, Publisher]:
-    """Consume `kind`'s queue of `service` (`declare_service` declared it) on a channel of its own."""
+    """Consume `kind`'s queue of `service` (`declare_service` declared it) on a channel of its own.
+
+    The events lane consumes the legacy queue too, if any, with the same prefetch.
+    """
     channel = conn.channel()
-    queue = topology.lane_queue(kind, service, settings, registry.patterns(kind))
+    queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind))]
+    if kind == "event":
+        queues += _legacy_queue(settings, registry)
     prefetch = settings.call_concurrency if kind == "call" else settings.event_prefetch
     # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
     # mostly acked with nothing to publish, need no round trip for that.
     publisher = Publisher(conn, channel, on_return=on_return, transactional=kind == "call", fast=fast)
     consumer = Consumer(
-        channel, queues=[queue], auto_declare=False, on_message=on_message, on_decode_error=on_decode_error
+        channel, queues=queues, auto_declare=False, on_message=on_message, on_decode_error=on_decode_error
     )
     consumer.qos(prefetch_count=prefetch)
     consumer.consume()

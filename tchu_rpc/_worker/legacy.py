@@ -20,6 +20,16 @@ str}]}, "traceback": null, "children": [], "date_done": ..., "task_id": ...}`, o
 `{"status": "no_handlers", "routing_key": ...}`. `TchuClient.call` returns `results[0]["result"]` or
 raises `PublishError("RPC call failed: Handler '<name>' failed: <error>")`.
 
+On the events lane (`event`) a tchu-tchu message whose topic has call handlers runs them as a call
+(answered if it is one), else its event handlers: tchu-tchu's dispatcher ran whatever matched. A
+Celery task message of another task (a service's own `shared_task`s share its tchu-tchu queue) is
+dead-lettered: tchu_rpc does not run Celery tasks.
+
+Take-over (`Settings.legacy_queue`): the worker consumes the queue tchu-tchu's `setup_celery_queue`
+declared, on the events lane, and acks each message after handling it (Celery acks a
+`tchu_tchu.dispatch_event` task as it starts it: tchu-tchu sets no `acks_late`). A message
+Celery prefetched but had not started when it stopped is redelivered to tchu_rpc.
+
 Trust: `reply_to` of a tchu-tchu call is a Celery reply queue, which is named by a UUID. Only such a
 name is answered (anything else is dead-lettered as `BadReplyTo`), so a publisher allowed on the
 events exchange can make the worker publish a result into a queue named by a UUID, and nowhere else.
@@ -137,6 +147,24 @@ class _View:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._message, name)
+
+
+def event(dispatcher: Any, message: Any, received: float | None) -> Any:
+    """Return the outcome of a delivery on the events lane (a tchu-tchu message or a native event)."""
+    from tchu_rpc._worker.dispatch import Outcome  # dispatch imports this module
+
+    if dispatcher.accept_tchu_tchu:
+        try:
+            task = recognize(message)
+        except DecodeError:
+            task = None  # `dispatcher.event` dead-letters it, saying why
+        if task is not None and dispatcher.registry.match(task.topic, "call"):
+            return call(dispatcher, task, message, received)
+        other = (message.headers or {}).get("task")
+        if task is None and isinstance(other, str) and other != TASK:
+            reason = f"a Celery task message of {other!r}: tchu_rpc runs only {TASK!r}"
+            return Outcome(dead_reason=f"NotTchuTchu: {reason}")
+    return dispatcher.event(message)
 
 
 def as_event(message: Any, task: Task) -> Any:

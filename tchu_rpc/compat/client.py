@@ -3,21 +3,26 @@
 tchu-tchu's clients are cheap (they borrow Celery's connection pool), and code makes one per
 event or per request. A `tchu_rpc.Client` owns a connection and an I/O thread, so every
 `TchuClient()` made without `client=` shares one process-wide `Client`: the one given to
-`set_default_client`, else one made on first use from `Settings.from_env()` (`TCHU_RPC_*`). This
-is compat's one lazily made global, there so that `TchuClient()` stays as cheap as it was.
+`set_default_client`, else one made on first use from `Settings.from_env()` (`TCHU_RPC_*`), which
+sends in tchu-tchu's format unless `TCHU_RPC_TCHU_TCHU_FORMAT=false`. This is compat's one lazily
+made global, there so that `TchuClient()` stays as cheap as it was.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from tchu_rpc.client import Client
+from tchu_rpc.config import ENV_PREFIX, Settings
 
 __all__ = ["TchuClient", "default_client", "set_default_client"]
 
 _lock = threading.Lock()
 _default: Client | None = None
+#: The environment under `TCHU_RPC_*` that `default_client` starts from: tchu-tchu's format.
+_TCHU_TCHU_DEFAULT = {f"{ENV_PREFIX}TCHU_TCHU_FORMAT": "true"}
 
 
 def set_default_client(client: Client | None) -> Client | None:
@@ -32,11 +37,16 @@ def set_default_client(client: Client | None) -> Client | None:
 
 
 def default_client() -> Client:
-    """Return the shared client, making it from `Settings.from_env()` on first use."""
+    """Return the shared client, making it from `Settings.from_env()` on first use.
+
+    Made here, it sends in tchu-tchu's format (`tchu_tchu_format`) unless
+    `TCHU_RPC_TCHU_TCHU_FORMAT` says otherwise: code still on `TchuClient` reaches services still
+    on tchu-tchu (Celery) as well as tchu_rpc workers that accept tchu-tchu.
+    """
     global _default
     with _lock:
         if _default is None:
-            _default = Client()
+            _default = Client(settings=Settings.from_env(_TCHU_TCHU_DEFAULT | os.environ))
         return _default
 
 
