@@ -17,6 +17,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 Serializer = Literal["json", "msgpack"]
 QueueType = Literal["classic", "quorum"]
+FailoverStrategy = Literal["round-robin", "shuffle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,10 @@ class Settings:
     """
 
     broker_url: str = DEFAULT_BROKER_URL
+    #: The order a `;`-separated list of broker URLs (a cluster's nodes) is tried in: each
+    #: connection attempt tries the next URL, from the first ("round-robin") or from a random
+    #: order chosen once per client or worker ("shuffle", to spread processes over the nodes).
+    failover_strategy: FailoverStrategy = "round-robin"
     #: Topic exchange that carries broadcast events.
     events_exchange: str = "tchu_events"
     #: Topic exchange that carries RPC requests (its own lane, so calls never queue behind events).
@@ -134,6 +139,10 @@ class Settings:
             raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
         if self.queue_type not in ("classic", "quorum"):
             raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
+        if self.failover_strategy not in ("round-robin", "shuffle"):
+            raise ConfigError(
+                f"failover_strategy must be 'round-robin' or 'shuffle', got {self.failover_strategy!r}"
+            )
         if not self.broker_url:
             raise ConfigError("broker_url must not be empty")
         _check_exchange("events_exchange", self.events_exchange)

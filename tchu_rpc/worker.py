@@ -222,9 +222,14 @@ class Worker:
         message = job.message
         plain = type(outcome) is Outcome and outcome.dead_reason is None  # the usual outcome: no copies
         sends = [] if plain else self._settler.copies(job, outcome)  # a dead letter, retry copies
-        if outcome.reply is not None:
-            sends.append(outgoing.answer(message, outcome.reply, outcome.content_type, self.service))
+        body, content_type = outcome.reply, outcome.content_type
+        reply = None if body is None else outgoing.answer(message, body, content_type, self.service)
+        if reply is None or not message.delivery_info.get("redelivered"):
+            self._settler.send_then_ack(job, sends if reply is None else [*sends, reply])
+            return
+        # Redelivered: its caller may be gone with a node, whose reply-to kills our channel: ack first.
         self._settler.send_then_ack(job, sends)
+        self._settler.publishers[job.kind].publish(**reply)
 
     def _completed(self, job: Job, outcome: Outcome) -> None:
         self._limits.finish(job)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import queue
+import random
+import re
 import socket
 import ssl
 import threading
@@ -13,7 +15,7 @@ from amqp.exceptions import AccessRefused, NotAllowed, NotFound, PreconditionFai
 from kombu import Connection
 
 from tchu_rpc._amqp import properties
-from tchu_rpc.config import Settings
+from tchu_rpc.config import FailoverStrategy, Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import mask_url
 
@@ -41,16 +43,54 @@ def tls_options(settings: Settings) -> dict[str, Any] | None:
 
 
 def open_connection(settings: Settings, cancel: threading.Event | None = None) -> Connection:
-    """Return a connected kombu connection built from `settings`, within a bounded time.
+    """Return a kombu connection to the first broker of `settings`, within a bounded time.
 
-    Every step is bounded: the name lookup and the TCP connect and handshake by `connect_time`
-    (the lookup has no timeout of its own, so the attempt runs on a helper thread that is left
-    behind if it hangs, and closes what it opened late), and every later wait for the broker (a
-    declaration, a `basic.cancel`) by the socket's read and write timeouts.
+    One attempt tries one URL, the first of a failover list: a caller that retries builds its
+    settings from a `Hosts` (as the I/O loop does), so that its attempts go round the list and a
+    dead node costs one attempt, not every one. Every step is bounded: the name lookup and the TCP
+    connect and handshake by `connect_time` (the lookup has no timeout of its own, so the attempt
+    runs on a helper thread that is left behind if it hangs, and closes what it opened late), and
+    every later wait for the broker (a declaration, a `basic.cancel`) by the socket's read and
+    write timeouts.
     """
-    attempt = _Attempt(settings)
+    attempt = _Attempt(settings, Hosts(settings.broker_url).current)
     threading.Thread(target=attempt.run, name="tchu-connect", daemon=True).start()
     return attempt.result(connect_time(settings), cancel or threading.Event())
+
+
+#: A `;` that starts another URL (not one inside a password), as `log.mask_url` splits them.
+_FAILOVER_SPLIT = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+class Hosts:
+    """The URLs of a failover list (`url1;url2;...`), and which one the next attempt tries.
+
+    kombu rotates through alternates inside one `Connection`; each attempt here builds a new one,
+    so the rotation lives here: each `take()` returns the URL after the one taken last, round
+    robin, and the first attempt after a lost connection goes to the next node. `shuffle` orders
+    the list at random once (per client or worker), so that processes spread over the nodes.
+    """
+
+    def __init__(
+        self, broker_url: str, strategy: FailoverStrategy = "round-robin", rng: random.Random | None = None
+    ) -> None:
+        urls = [url for url in _FAILOVER_SPLIT.split(broker_url) if url.strip()] or [broker_url]
+        if strategy == "shuffle":
+            (rng or random.Random()).shuffle(urls)
+        self.urls: tuple[str, ...] = tuple(urls)
+        self._taken = -1
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> str:
+        """Return the URL taken last (the first one before any)."""
+        return self.urls[max(self._taken, 0)]
+
+    def take(self) -> str:
+        """Return the URL the next attempt tries, and move on."""
+        with self._lock:
+            self._taken = (self._taken + 1) % len(self.urls)
+            return self.urls[self._taken]
 
 
 #: How often a wait for a connection looks whether its loop was stopped meanwhile.
@@ -65,8 +105,9 @@ def connect_time(settings: Settings) -> float:
 class _Attempt:
     """One connection attempt on a helper thread, whose result the I/O thread waits for."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
+        self.url = url
         self._outcome: queue.SimpleQueue[Connection | BaseException] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._abandoned = False
@@ -85,7 +126,7 @@ class _Attempt:
             why = "stopped" if cancel.is_set() else f"no connection within {timeout:g} s"
             outcome = TimeoutError(f"{why} (name lookup, TCP or handshake)")
         if isinstance(outcome, BaseException):
-            where = mask_url(self.settings.broker_url)
+            where = mask_url(self.url)
             raise ConnectionLost(
                 f"cannot connect to {where}: {outcome or type(outcome).__name__}"
             ) from outcome
@@ -108,7 +149,7 @@ class _Attempt:
         settings = self.settings
         bound = max(settings.connect_timeout, 10.0)
         conn = Connection(
-            settings.broker_url,
+            self.url,
             heartbeat=settings.heartbeat or None,
             connect_timeout=settings.connect_timeout,
             ssl=tls_options(settings) or False,

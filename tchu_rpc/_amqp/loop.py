@@ -23,7 +23,7 @@ from typing import Any
 from kombu import Connection
 
 from tchu_rpc._amqp import internals
-from tchu_rpc._amqp.connection import open_connection
+from tchu_rpc._amqp.connection import Hosts, open_connection
 from tchu_rpc._amqp.reading import VirtualPoll, drain, has_buffered
 from tchu_rpc._amqp.wakeup import WakeUp
 from tchu_rpc.config import Settings
@@ -71,8 +71,8 @@ class Loop:
         self._awake = False
         self._failure: tuple[int, BaseException] | None = None  # met off the I/O thread, by generation
         self._delay = settings.reconnect_delay  # the next pause between reconnection attempts
-        self._wakeup = WakeUp()
-        self._stop = threading.Event()
+        self._urls = Hosts(settings.broker_url, settings.failover_strategy)  # which node is next
+        self._wakeup, self._stop = WakeUp(), threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._next_heartbeat = 0.0
@@ -177,13 +177,13 @@ class Loop:
 
     def _connect(self) -> bool:
         try:
-            self.connection = open_connection(self.settings, self._stop)
+            self.connection = open_connection(self.settings.replace(broker_url=self._urls.take()), self._stop)
             self._amqp = self.connection.connection
             self.socket = getattr(self._amqp, "sock", None)
             self.fast = self.settings.fast_path and self.socket is not None and internals.usable(self._amqp)
             self.generation += 1
             self._next_heartbeat = 0.0
-            logger.info("connected", loop=self.name, broker=mask_url(self.settings.broker_url))
+            logger.info("connected", loop=self.name, broker=mask_url(self._urls.current))
             self._on_connect(self.connection)
         except Exception as exc:
             self._drop(exc)

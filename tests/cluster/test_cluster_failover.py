@@ -1,0 +1,146 @@
+"""Clients and workers given every node of a cluster move to a live node when theirs dies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from nodes import Cluster, RabbitNode
+
+from tchu_rpc import CallTimeout, Client, ConnectionLost, Registry, Worker
+from tchu_rpc.testing import TchuFactory
+
+RECOVER_WITHIN = 10.0
+
+
+def _node_of(thing: Client | Worker, cluster: Cluster, timeout: float = 10.0) -> RabbitNode:
+    """Return the node the client's or worker's connection is open to."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = thing._loop.connection
+        if conn is not None and conn.port:
+            return cluster.node_on(int(conn.port))
+        time.sleep(0.05)  # no event marks a reconnection from outside the I/O thread
+    raise AssertionError(f"{thing!r} has no connection after {timeout} s")
+
+
+def _registry(entered: threading.Event, release: threading.Event) -> Registry:
+    registry = Registry()
+
+    @registry.subscribe("rpc.cluster.ping")
+    def ping(n: int) -> int:
+        return n + 1
+
+    @registry.subscribe("rpc.cluster.slow")
+    def slow(n: int) -> int:
+        entered.set()
+        release.wait(10)
+        return n
+
+    return registry
+
+
+def _recovered(client: Client, since: float) -> float:
+    """Call ping until a call succeeds; return when it did, seconds after `since`."""
+    failures: list[str] = []
+    while True:
+        try:
+            assert client.call("rpc.cluster.ping", 41, timeout=1.0) == 42
+            return time.monotonic() - since
+        except (ConnectionLost, CallTimeout) as exc:
+            failures.append(type(exc).__name__)
+        assert time.monotonic() - since < RECOVER_WITHIN, f"no call succeeded; failures: {failures}"
+
+
+def _call_in_background(client: Client, outcome: list[Any]) -> threading.Thread:
+    def call_slow() -> None:
+        started = time.monotonic()
+        try:
+            outcome.append(client.call("rpc.cluster.slow", 7, timeout=30))
+        except Exception as exc:
+            outcome.append(exc)
+        outcome.append(time.monotonic() - started)
+
+    caller = threading.Thread(target=call_slow)
+    caller.start()
+    return caller
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # the first test of the session also starts the cluster
+def test_a_worker_whose_node_dies_reconnects_to_another_node_and_consumes_again_within_10_s(
+    cluster_tchu: TchuFactory, rabbit_cluster: Cluster
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    first, second, third = rabbit_cluster.nodes
+    # Given a worker on quorum queues on node 1 and a client on node 2, each given the three URLs
+    worker = cluster_tchu.worker(
+        _registry(entered, release), "failover", queue_type="quorum", call_concurrency=2
+    )
+    client = cluster_tchu.client(broker_url=";".join(n.url for n in (second, third, first)))
+    assert client.call("rpc.cluster.ping", 1, timeout=10) == 2
+    assert _node_of(worker, rabbit_cluster) is first
+    assert _node_of(client, rabbit_cluster) is second
+    # And a call in flight on the worker's connection
+    outcome: list[Any] = []
+    caller = _call_in_background(client, outcome)
+    assert entered.wait(10)
+
+    # When node 1 stops
+    rabbit_cluster.stop_app(first)
+    stopped = time.monotonic()
+    release.set()
+
+    # Then within 10 s a call goes through a live node, served by the same worker
+    took = _recovered(client, stopped)
+    assert took < RECOVER_WITHIN
+    assert _node_of(worker, rabbit_cluster) is not first
+    assert [client.call("rpc.cluster.ping", n, timeout=5) for n in range(10)] == list(range(1, 11))
+    # And the call in flight was redelivered (quorum queue) and answered, within its timeout
+    caller.join(30)
+    assert outcome[0] == 7, outcome
+    print(f"recovered in {took:.2f} s; cluster {rabbit_cluster.timings}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_call_in_flight_when_the_clients_node_dies_fails_with_connection_lost(
+    cluster_tchu: TchuFactory, rabbit_cluster: Cluster
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    first, second, third = rabbit_cluster.nodes
+    # Given a client on node 1 and a worker on node 2, each given the three URLs
+    worker = cluster_tchu.worker(
+        _registry(entered, release),
+        "inflight",
+        queue_type="quorum",
+        call_concurrency=2,
+        broker_url=";".join(n.url for n in (second, third, first)),
+    )
+    client = cluster_tchu.client()
+    assert client.call("rpc.cluster.ping", 1, timeout=10) == 2
+    assert _node_of(client, rabbit_cluster) is first
+    assert _node_of(worker, rabbit_cluster) is second
+    # And a call in flight on the client's connection
+    outcome: list[Any] = []
+    caller = _call_in_background(client, outcome)
+    assert entered.wait(10)
+
+    # When node 1 stops
+    rabbit_cluster.stop_app(first)
+    stopped = time.monotonic()
+
+    # Then the call in flight fails with ConnectionLost at once, not at its timeout
+    caller.join(10)
+    assert not caller.is_alive(), "the call in flight still waits"
+    assert isinstance(outcome[0], ConnectionLost), outcome
+    assert outcome[1] < 15
+    # And the next call goes through a live node
+    # (RabbitMQ 3.10 closes the worker's channel over its reply to the dead node's direct reply-to
+    # address, 541; the request comes back redelivered, and then the worker acks it before replying)
+    release.set()
+    took = _recovered(client, stopped)
+    assert _node_of(client, rabbit_cluster) is not first
+    print(f"recovered in {took:.2f} s")
