@@ -106,6 +106,31 @@ class Cluster:
         if node in self._stopped_apps:
             self._stopped_apps.remove(node)
 
+    def leader_of(self, queue: str, timeout: float = 15.0) -> RabbitNode:
+        """Return the node leading the quorum queue `queue`, asked of a node that is running.
+
+        Bounded: right after a leader's loss the queue may report no leader for a moment.
+        """
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for asked in self.nodes:
+                if asked in self._stopped_apps:
+                    continue
+                try:
+                    last = asked.ctl("list_queues", "name", "leader", "--quiet", "--no-table-headers")
+                except (RabbitNodeError, OSError, TimeoutError) as exc:
+                    last = str(exc)
+                    continue
+                for line in last.splitlines():
+                    name, _, leader = line.strip().partition("\t")
+                    found = [node for node in self.nodes if node.nodename == leader.strip()]
+                    if name == queue and found:
+                        return found[0]
+                break
+            time.sleep(0.2)  # polling rabbitmqctl: no event announces an elected leader
+        raise ClusterError(f"no leader found for {queue} in {timeout} s; last answer:\n{last}")
+
     def restore(self) -> None:
         """Start RabbitMQ again on every node a test stopped with `stop_app`."""
         for node in list(self._stopped_apps):
