@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 # The fault tests import their helpers as top-level modules (pytest's rootdir-relative import);
 # this file is also run as a script, so it puts that folder on the path the same way.
@@ -62,6 +63,16 @@ class Cluster:
     def failover_url(self) -> str:
         """Return the nodes' URLs as one `;`-separated failover list."""
         return ";".join(self.urls)
+
+    def node_of(self, thing: Any, timeout: float = 10.0) -> RabbitNode:
+        """Return the node a tchu_rpc `Client`'s or `Worker`'s connection is open to."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            conn = thing._loop.connection
+            if conn is not None and conn.port:
+                return self.node_on(int(conn.port))
+            time.sleep(0.05)  # no event marks a reconnection from outside the I/O thread
+        raise AssertionError(f"{thing!r} has no connection after {timeout} s")
 
     def node_on(self, port: int) -> RabbitNode:
         """Return the node listening for AMQP on `port`."""

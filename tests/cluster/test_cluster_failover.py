@@ -7,23 +7,12 @@ import time
 from typing import Any
 
 import pytest
-from nodes import Cluster, RabbitNode
+from nodes import Cluster
 
-from tchu_rpc import CallTimeout, Client, ConnectionLost, Registry, Worker
+from tchu_rpc import CallTimeout, Client, ConnectionLost, Registry
 from tchu_rpc.testing import TchuFactory
 
 RECOVER_WITHIN = 10.0
-
-
-def _node_of(thing: Client | Worker, cluster: Cluster, timeout: float = 10.0) -> RabbitNode:
-    """Return the node the client's or worker's connection is open to."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn = thing._loop.connection
-        if conn is not None and conn.port:
-            return cluster.node_on(int(conn.port))
-        time.sleep(0.05)  # no event marks a reconnection from outside the I/O thread
-    raise AssertionError(f"{thing!r} has no connection after {timeout} s")
 
 
 def _registry(entered: threading.Event, release: threading.Event) -> Registry:
@@ -81,8 +70,8 @@ def test_a_worker_whose_node_dies_reconnects_to_another_node_and_consumes_again_
     )
     client = cluster_tchu.client(broker_url=";".join(n.url for n in (second, third, first)))
     assert client.call("rpc.cluster.ping", 1, timeout=10) == 2
-    assert _node_of(worker, rabbit_cluster) is first
-    assert _node_of(client, rabbit_cluster) is second
+    assert rabbit_cluster.node_of(worker) is first
+    assert rabbit_cluster.node_of(client) is second
     # And a call in flight on the worker's connection
     outcome: list[Any] = []
     caller = _call_in_background(client, outcome)
@@ -96,7 +85,7 @@ def test_a_worker_whose_node_dies_reconnects_to_another_node_and_consumes_again_
     # Then within 10 s a call goes through a live node, served by the same worker
     took = _recovered(client, stopped)
     assert took < RECOVER_WITHIN
-    assert _node_of(worker, rabbit_cluster) is not first
+    assert rabbit_cluster.node_of(worker) is not first
     assert [client.call("rpc.cluster.ping", n, timeout=5) for n in range(10)] == list(range(1, 11))
     # And the call in flight was redelivered (quorum queue) and answered, within its timeout
     caller.join(30)
@@ -121,8 +110,8 @@ def test_a_call_in_flight_when_the_clients_node_dies_fails_with_connection_lost(
     )
     client = cluster_tchu.client()
     assert client.call("rpc.cluster.ping", 1, timeout=10) == 2
-    assert _node_of(client, rabbit_cluster) is first
-    assert _node_of(worker, rabbit_cluster) is second
+    assert rabbit_cluster.node_of(client) is first
+    assert rabbit_cluster.node_of(worker) is second
     # And a call in flight on the client's connection
     outcome: list[Any] = []
     caller = _call_in_background(client, outcome)
@@ -142,5 +131,5 @@ def test_a_call_in_flight_when_the_clients_node_dies_fails_with_connection_lost(
     # address, 541; the request comes back redelivered, and then the worker acks it before replying)
     release.set()
     took = _recovered(client, stopped)
-    assert _node_of(client, rabbit_cluster) is not first
+    assert rabbit_cluster.node_of(client) is not first
     print(f"recovered in {took:.2f} s")

@@ -11,31 +11,15 @@ import pytest
 from nodes import Cluster, RabbitNode
 
 from tchu_rpc import (
-    Client,
     ConnectionLost,
     PublishFailed,
     Registry,
     TchuError,
-    Worker,
 )
 from tchu_rpc.testing import TchuFactory
 
 EVENTS = 5_000
 PUBLISHERS = 4
-CALLS = 3_000
-CALLERS = 8
-CALL_TIMEOUT = 10.0
-
-
-def _node_of(thing: Client | Worker, cluster: Cluster, timeout: float = 10.0) -> RabbitNode:
-    """Return the node the client's or worker's connection is open to."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        conn = thing._loop.connection
-        if conn is not None and conn.port:
-            return cluster.node_on(int(conn.port))
-        time.sleep(0.05)  # no event marks a reconnection from outside the I/O thread
-    raise AssertionError(f"{thing!r} has no connection after {timeout} s")
 
 
 def _urls_from(first: RabbitNode, cluster: Cluster) -> str:
@@ -104,8 +88,8 @@ def test_events_confirmed_across_the_loss_of_their_queues_leader_are_all_handled
     client.publish("cluster.loss.happened", -1, timeout=10)
     with handled_cond:
         assert handled_cond.wait_for(lambda: -1 in handled, 10)
-    assert _node_of(worker, rabbit_cluster) is other
-    assert _node_of(client, rabbit_cluster) is leader
+    assert rabbit_cluster.node_of(worker) is other
+    assert rabbit_cluster.node_of(client) is leader
 
     confirmed: set[int] = set()
     failed: dict[int, BaseException] = {}
