@@ -2,11 +2,12 @@
 
 The I/O thread receives deliveries and hands them to handler threads (one lane for calls, one for
 events), so heartbeats keep flowing while a handler runs; with one call thread and the fast path, it
-runs a call's handler itself after its reads (`_amqp.inline_calls`). A finished call's reply and the
-request's ack are one AMQP transaction (`_worker.settle`); if the worker dies before the commit, the
-broker redelivers the request. A call handler past `handler_time_limit` is answered with
-`HandlerTimeLimit` (`_worker.time_limits`). A message delivered `delivery_limit` times without an ack
-is dead-lettered (`_worker.dispatch`, which lists where every unhandleable message goes).
+runs a call's handler itself after its reads (`_amqp.inline_calls`). A finished call's request is
+acked with its reply, or after it (`_worker.settle`; a caller on another node is answered through
+the `_worker.relay`); if the worker dies before the ack, the broker redelivers the request. A call
+handler past `handler_time_limit` is answered with `HandlerTimeLimit` (`_worker.time_limits`). A
+message delivered `delivery_limit` times without an ack is dead-lettered (`_worker.dispatch`, which
+lists where every unhandleable message goes).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tchu_rpc._worker.dispatch import Dispatcher, Outcome
 from tchu_rpc._worker.lanes import Lane
 from tchu_rpc._worker.messages import describe, previous_deliveries
 from tchu_rpc._worker.progress import ProgressSender
+from tchu_rpc._worker.relay import Relay
 from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
@@ -87,6 +89,8 @@ class Worker:
         self._stop_lock = threading.Lock()  # a second stop() returns once the first has stopped it
         hooks = {"on_connect": self._setup, "on_lost": self._lost, "on_tick": self._enforce_time_limit}
         self._loop = DeferringLoop(f"tchu-worker-{queue}", self.settings, **hooks)
+        self._relay = self._settler.relay = Relay(self.service, self.settings, self._settler.returned)
+        self._settler.handoff = self._loop.run_or_submit
         self._progress = ProgressSender(
             self.service, self._loop, self._settler, self.settings.max_message_bytes
         )
@@ -141,6 +145,7 @@ class Worker:
         if not drained:
             logger.warning("shutdown_grace_expired", service=self.service, inflight=self._settler.inflight)
         self._loop.stop()
+        self._relay.stop()
         for lane in self._lanes.values():
             lane.close()
         logger.info("worker_stopped", service=self.service)
@@ -161,6 +166,7 @@ class Worker:
     def _setup(self, conn: Connection) -> None:
         self._consumers = {}
         declare_service(conn, self.service, self.settings, self.registry, self._setup_progress)
+        self._settler.connected(conn, self.settings.connect_timeout)
         for kind in consumers.lanes(self.registry, self.settings):  # calls first
             self._consume(conn, kind)
         self._cancelled = False
@@ -219,17 +225,11 @@ class Worker:
         if job.generation != self._loop.generation or self._loop.connection is None:
             self._settler.abandon(job)
             return
-        message = job.message
         plain = type(outcome) is Outcome and outcome.dead_reason is None  # the usual outcome: no copies
         sends = [] if plain else self._settler.copies(job, outcome)  # a dead letter, retry copies
         body, content_type = outcome.reply, outcome.content_type
-        reply = None if body is None else outgoing.answer(message, body, content_type, self.service)
-        if reply is None or not message.delivery_info.get("redelivered"):
-            self._settler.send_then_ack(job, sends if reply is None else [*sends, reply])
-            return
-        # Redelivered: its caller may be gone with a node, whose reply-to kills our channel: ack first.
-        self._settler.send_then_ack(job, sends)
-        self._settler.publishers[job.kind].publish(**reply)
+        reply = None if body is None else outgoing.answer(job.message, body, content_type, self.service)
+        self._settler.reply_then_ack(job, reply, sends)
 
     def _completed(self, job: Job, outcome: Outcome) -> None:
         self._limits.finish(job)

@@ -5,6 +5,7 @@ queue (a redelivery on a classic queue), or an event's retry copies to its servi
 (`retries`). On a call channel (transactional, see `publisher`) those publishes and the ack are one
 AMQP transaction: the broker applies all or none. Elsewhere the ack waits for every publish's
 confirm. Either way a worker that dies in between leaves the delivery to be redelivered, never lost.
+A reply to a caller on another node leaves through the `Relay`, and the rest follows its confirm.
 The `Settler` also counts the deliveries in flight, so that a worker can stop when they are settled.
 Runs on the worker's I/O thread.
 """
@@ -13,15 +14,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from kombu import Connection
+
 from tchu_rpc import log, topology, wire
+from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._amqp.reply_to import node_of, own_node
 from tchu_rpc._worker import outgoing, retries
 from tchu_rpc._worker.dispatch import EventOutcome, Outcome
 from tchu_rpc._worker.messages import delivery_of, describe
+from tchu_rpc._worker.relay import Relay
 from tchu_rpc.log import logger
 from tchu_rpc.middleware import Middleware, run_after
 from tchu_rpc.registry import Kind
@@ -47,6 +54,11 @@ class Settler:
         self.service = service
         self._middleware = middleware  # its `on_dead_letter` hooks
         self.publishers: dict[Kind, Publisher] = {}  # one per lane's channel, set on each connection
+        self.relay: Relay | None = None  # for replies to callers on other nodes
+        #: Runs a command on the I/O thread (the relay calls back on its own).
+        self.handoff: Callable[[Callable[[], None]], None] = lambda command: command()
+        self.node: str | None = None  # of direct reply-to addresses on the node we are connected to
+        self._here: dict[str, bool] = {}  # reply address -> on that node
         self.inflight = 0
         #: Notified when nothing is in flight any more (and by the worker when it stops consuming).
         self.idle = threading.Condition()
@@ -87,6 +99,52 @@ class Settler:
         self._awaiting.add(job)
         for send in sends:
             publisher.publish(on_confirm=confirmed, **send)
+
+    def reply_then_ack(self, job: Job, reply: dict[str, Any] | None, sends: list[dict[str, Any]]) -> None:
+        """Publish `reply` (if any) and the copies `sends` for `job`, then ack it.
+
+        A reply to a caller on another node goes through the relay first (`relay`); the copies
+        and the ack follow once it is confirmed.
+        """
+        if reply is None:
+            self.send_then_ack(job, sends)
+        elif self.relay is None or self.is_here(reply["routing_key"]):
+            self.send_then_ack(job, [*sends, reply])
+        else:
+            self._relay(job, reply, sends)
+
+    def _relay(self, job: Job, reply: dict[str, Any], sends: list[dict[str, Any]]) -> None:
+        assert self.relay is not None
+
+        def relayed(ok: bool) -> None:  # on the relay's thread
+            self.handoff(partial(self._relayed, job, sends, ok))
+
+        self._awaiting.add(job)
+        self.relay.send(reply, relayed)
+
+    def is_here(self, address: str) -> bool:
+        """Tell whether a reply to `address` may go on our connection: its node is ours, or no node."""
+        here = self._here.get(address)
+        if here is None:
+            if len(self._here) >= 4096:
+                self._here.clear()
+            node = node_of(address)
+            here = self._here[address] = node is None or node == self.node
+        return here
+
+    def connected(self, conn: Connection, timeout: float) -> None:
+        """Learn the node `conn`, a new connection, reached: replies to callers there go on it."""
+        self.node = own_node(conn, timeout) if is_amqp(conn) else None
+        self._here.clear()
+
+    def _relayed(self, job: Job, sends: list[dict[str, Any]], ok: bool) -> None:
+        if job not in self._awaiting:
+            return  # its connection was lost meanwhile: the broker redelivers it
+        self._awaiting.discard(job)
+        if ok:
+            self.send_then_ack(job, sends)
+        else:
+            self.ack(job, False)
 
     def copies(self, job: Job, outcome: Outcome) -> list[dict[str, Any]]:
         """Return the publish arguments of the copies `outcome` asks for: dead letter, retries."""

@@ -1,4 +1,4 @@
-"""Losing the node that leads a service's quorum event queue loses no confirmed event."""
+"""Losing the node that leads a service's quorum queue loses no confirmed event and no call."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterable
 
 import pytest
 from nodes import Cluster, RabbitNode
+from structlog.testing import capture_logs
 
 from tchu_rpc import (
     ConnectionLost,
     PublishFailed,
     Registry,
     TchuError,
+    current_delivery,
 )
 from tchu_rpc.testing import TchuFactory
 
@@ -140,4 +142,108 @@ def test_events_confirmed_across_the_loss_of_their_queues_leader_are_all_handled
         f"{unconfirmed_delivered} of the failed delivered anyway; {duplicates} duplicate handlings "
         f"({sum(1 for c in counts.values() if c > 1)} events); published in {published_in:.1f} s; "
         f"leader after: {rabbit_cluster.leader_of(queue).nodename}"
+    )
+
+
+CALLS = 3_000
+CALLERS = 8
+CALL_TIMEOUT = 10.0
+RETRIES = 5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_calls_across_the_loss_of_their_queues_leader_are_answered_and_run_at_most_twice(
+    cluster_tchu: TchuFactory, rabbit_cluster: Cluster
+) -> None:
+    runs: collections.Counter[str] = collections.Counter()
+    runs_lock = threading.Lock()
+    registry = Registry()
+
+    @registry.subscribe("rpc.cluster.loss.square")
+    def square(n: int) -> int:
+        delivery = current_delivery()
+        assert delivery is not None and delivery.message_id
+        with runs_lock:
+            runs[delivery.message_id] += 1
+        return n * n
+
+    # Given a quorum call queue, declared through node 1 so that node 1 leads it
+    cluster_tchu.worker(registry, "callloss", queue_type="quorum").stop(timeout=5)
+    leader = rabbit_cluster.leader_of(f"{cluster_tchu.prefix}.callloss.calls")
+    other = next(n for n in rabbit_cluster.nodes if n is not leader)
+    # And a worker on each node, and a client on the leader and one on another node
+    for node in rabbit_cluster.nodes:
+        worker = cluster_tchu.worker(
+            registry,
+            "callloss",
+            queue_type="quorum",
+            call_concurrency=8,
+            broker_url=_urls_from(node, rabbit_cluster),
+        )
+        assert rabbit_cluster.node_of(worker) is node
+    clients = [cluster_tchu.client(broker_url=_urls_from(node, rabbit_cluster)) for node in (leader, other)]
+    for client in clients:
+        assert client.call("rpc.cluster.loss.square", -1, timeout=CALL_TIMEOUT) == 1
+
+    results: dict[int, int] = {}
+    errors: dict[int, BaseException] = {}
+    lost: collections.Counter[int] = collections.Counter()
+    lost_by_client = [0, 0]  # the leader's client, the other's
+    slowest = [0.0]
+    lock = threading.Lock()
+    progress = _Progress()
+
+    def call(index: int) -> None:
+        client = clients[index % 2]
+        for n in range(index, CALLS, CALLERS):
+            for _ in range(1 + RETRIES):
+                started = time.monotonic()
+                try:
+                    result = client.call("rpc.cluster.loss.square", n, timeout=CALL_TIMEOUT)
+                except ConnectionLost:
+                    with lock:
+                        lost[n] += 1
+                        lost_by_client[index % 2] += 1
+                        slowest[0] = max(slowest[0], time.monotonic() - started)
+                    continue
+                except Exception as exc:
+                    with lock:
+                        errors[n] = exc
+                    break
+                with lock:
+                    results[n] = result
+                    slowest[0] = max(slowest[0], time.monotonic() - started)
+                break
+            progress.add()
+
+    # When 8 threads make 3,000 calls
+    began = time.monotonic()
+    with capture_logs() as logs:
+        callers = _run_threads(CALLERS, call)
+        # And the node leading the call queue stops once 500 are done
+        progress.wait_for(lambda: progress.done >= 500, 60, "500 calls")
+        rabbit_cluster.stop_app(leader)
+        stopped_at = progress.done
+        # And starts again once 1,000 more are done (or all of them)
+        progress.wait_for(lambda: progress.done >= min(CALLS, stopped_at + 1_000), 120, "1,000 more calls")
+        rabbit_cluster.start_app(leader)
+        _join(callers, 180)
+    took = time.monotonic() - began
+    events = collections.Counter(entry["event"] for entry in logs)
+
+    # Then every call returned its result, possibly after ConnectionLost and a retry
+    assert not errors, f"{len(errors)} calls failed, e.g. {list(errors.items())[:5]}"
+    assert results == {n: n * n for n in range(CALLS)}
+    # And none waited past its timeout
+    assert slowest[0] <= CALL_TIMEOUT + 1.0
+    # And no request's handler ran more than twice
+    twice = sum(1 for count in runs.values() if count == 2)
+    assert max(runs.values()) <= 2, f"runs per request: {collections.Counter(runs.values())}"
+    print(
+        f"\nleader {leader.nodename} stopped after {stopped_at} calls; ConnectionLost: {lost_by_client[0]} "
+        f"on the leader's client, {lost_by_client[1]} on the other ({len(lost)} calls retried); {twice} "
+        f"requests ran twice; slowest call {slowest[0]:.2f} s; all in {took:.1f} s; replies relayed "
+        f"then dropped (caller gone): {events['reply_undeliverable']}, relay connections lost: "
+        f"{events['relay_connection_lost']}"
     )
