@@ -19,8 +19,9 @@ from typing import Any
 
 import amqp
 from amqp.exceptions import AMQPError, ChannelError, NotFound
+from kombu import Connection
 
-from tchu_rpc._amqp.connection import is_amqp, open_connection
+from tchu_rpc._amqp.connection import Hosts, is_amqp, open_connection, refusal
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost, PublishFailed, TchuError
 from tchu_rpc.log import mask_url
@@ -37,9 +38,9 @@ class DeadQueue:
     def __init__(self, service: str, settings: Settings) -> None:
         self.service = check_service(service)
         self.name = f"{service}.dead"
-        self._where = mask_url(settings.broker_url)
-        with _translated(f"cannot open {self._where}"):
-            self._conn = open_connection(settings)
+        with _translated(f"cannot open {mask_url(settings.broker_url)}"):
+            self._conn, url = _open(settings)
+        self._where = mask_url(url)
         if not is_amqp(self._conn):
             self._conn.release()
             raise ConfigError(f"dead letters need an AMQP broker, not {self._where}")
@@ -147,6 +148,27 @@ class DeadQueue:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.append(routing_key)
+
+
+def _open(settings: Settings) -> tuple[Connection, str]:
+    """Return a connection to the first node of the failover list that takes one, and its URL.
+
+    Each URL is tried once, in the order the I/O loop tries them (`failover_strategy`): one node
+    down must not make the command fail. A refusal no other node changes (a login, a vhost) ends it.
+    """
+    hosts = Hosts(settings.broker_url, settings.failover_strategy)
+    failures: list[str] = []
+    last: ConnectionLost | None = None
+    for _ in hosts.urls:
+        url = hosts.take()
+        try:
+            return open_connection(settings.replace(broker_url=url)), url
+        except ConnectionLost as exc:
+            if refusal(exc):
+                raise
+            failures.append(str(exc))
+            last = exc
+    raise ConnectionLost("; ".join(failures)) from last
 
 
 @contextmanager

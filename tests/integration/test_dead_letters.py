@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -273,6 +274,30 @@ def test_replay_moves_only_letters_matching_the_topic_up_to_the_limit(
     left = list_dead_letters(name, tchu.settings).letters
     expected = ["user.created", "user.created", "user.created", "order.paid"]
     assert _in_order(tchu, [x.topic for x in left]) == _in_order(tchu, expected)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_listing_and_replay_fail_over_past_a_dead_first_url(
+    tchu: TchuFactory, service: tuple[Service, Worker, str]
+) -> None:
+    # Given two dead letters, and a failover list whose first node refuses connections
+    handlers, _, name = service
+    _dead_events(tchu, name, ["user.created", "order.paid"])
+    dead_first = f"amqp://guest:guest@127.0.0.1:{_closed_port()}//"
+    settings = tchu.settings.replace(broker_url=f"{dead_first};{tchu.broker_url}", connect_timeout=1.0)
+    # When they are listed and replayed with that list
+    listing = list_dead_letters(name, settings)
+    handlers.failing = False
+    done = replay_dead_letters(name, settings)
+    # Then both went to the next node: both letters were seen, moved and handled
+    assert (listing.depth, [x.topic for x in listing.letters]) == (2, ["user.created", "order.paid"])
+    assert (done.replayed, done.remaining) == (2, 0)
+    assert _in_order(tchu, _numbers(handlers.wait_for(2))) == [0, 1]
 
 
 def test_a_letter_that_fails_again_comes_back_once_per_replay(

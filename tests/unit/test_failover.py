@@ -11,6 +11,7 @@ import pytest
 from tchu_rpc import ConfigError, ConnectionLost, Settings
 from tchu_rpc._amqp.connection import Hosts, open_connection
 from tchu_rpc._amqp.loop import Loop
+from tchu_rpc._dead.queue import DeadQueue
 
 A = "amqp://u:secret@10.0.0.1:5672//"
 B = "amqp://u:secret@10.0.0.2:5672//"
@@ -105,3 +106,18 @@ def test_a_one_off_connection_tries_the_first_url() -> None:
 
     with pytest.raises(ConnectionLost, match=f":{port}/"):
         open_connection(settings)
+
+
+@pytest.mark.timeout(20)
+def test_the_dead_letter_queue_tries_each_url_once_and_names_every_failure_masked() -> None:
+    # Given a failover list of two nodes that refuse connections
+    ports = [_closed_port(), _closed_port()]
+    urls = ";".join(f"amqp://guest:hunter2@127.0.0.1:{port}//" for port in ports)
+    settings = Settings(broker_url=urls, connect_timeout=1.0)
+
+    # When the dead-letter queue is opened, Then it fails once both were tried, naming each
+    with pytest.raises(ConnectionLost) as caught:
+        DeadQueue("svc", settings)
+    message = str(caught.value)
+    assert all(f":{port}/" in message for port in ports), message
+    assert "hunter2" not in message
