@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 import pytest
+from kombu import Connection
 from nodes import Cluster, RabbitNode
 from structlog.testing import capture_logs
 
@@ -246,4 +248,83 @@ def test_calls_across_the_loss_of_their_queues_leader_are_answered_and_run_at_mo
         f"requests ran twice; slowest call {slowest[0]:.2f} s; all in {took:.1f} s; replies relayed "
         f"then dropped (caller gone): {events['reply_undeliverable']}, relay connections lost: "
         f"{events['relay_connection_lost']}"
+    )
+
+
+DEAD_EVENTS = 2_000
+
+
+def _dead_letters(url: str, queue: str) -> list[int]:
+    """Take every message out of the dead-letter queue `queue`; return their bodies (event data)."""
+    bodies: list[int] = []
+    with Connection(url, connect_timeout=10) as conn:
+        channel = conn.channel()
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            bodies.append(json.loads(message.body))
+    return bodies
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_events_dead_lettered_across_the_loss_of_the_dead_queues_leader_are_all_kept(
+    cluster_tchu: TchuFactory, rabbit_cluster: Cluster
+) -> None:
+    handled = _Progress()
+    registry = Registry()
+
+    @registry.subscribe("cluster.dead.failed")
+    def failed(n: int) -> None:
+        handled.add()
+        raise ValueError(f"event {n} cannot be handled")
+
+    # Given quorum queues declared through node 1, so that node 1 leads the dead-letter queue
+    cluster_tchu.worker(registry, "deadloss", queue_type="quorum").stop(timeout=5)
+    dead = f"{cluster_tchu.prefix}.deadloss.dead"
+    leader = rabbit_cluster.leader_of(dead)
+    others = [n for n in rabbit_cluster.nodes if n is not leader]
+    # And a worker on another node, whose handler fails every event, and a client on the third
+    cluster_tchu.worker(
+        registry, "deadloss", queue_type="quorum", broker_url=_urls_from(others[0], rabbit_cluster)
+    )
+    client = cluster_tchu.client(broker_url=_urls_from(others[1], rabbit_cluster))
+
+    confirmed: set[int] = set()
+    failed_publishes: dict[int, BaseException] = {}
+
+    def publish(index: int) -> None:
+        for n in range(index, DEAD_EVENTS, PUBLISHERS):
+            try:
+                client.publish("cluster.dead.failed", n, timeout=10)
+            except TchuError as exc:
+                failed_publishes[n] = exc
+            else:
+                confirmed.add(n)
+
+    # When 2,000 events are published with confirms, and each is dead-lettered by the worker
+    with capture_logs():  # 2,000 message_dead_lettered warnings
+        publishers = _run_threads(PUBLISHERS, publish)
+        # And the dead-letter queue's leader stops once 300 events have been handled
+        handled.wait_for(lambda: handled.done >= 300, 60, "300 events handled")
+        rabbit_cluster.stop_app(leader)
+        stopped_at = handled.done
+        _join(publishers, 120)
+        # And every confirmed event has reached its handler (and so the dead-letter step)
+        handled.wait_for(lambda: handled.done >= len(confirmed), 60, "every confirmed event handled")
+        rabbit_cluster.start_app(leader)
+
+    # Then every confirmed event is in the dead-letter queue, at least once
+    url = _urls_from(others[0], rabbit_cluster)
+    letters: list[int] = []
+    deadline = time.monotonic() + 60
+    while not confirmed <= set(letters):
+        assert time.monotonic() < deadline, (
+            f"{len(confirmed - set(letters))} confirmed events never dead-lettered"
+        )
+        letters += _dead_letters(url.split(";")[0], dead)
+        time.sleep(0.2)  # the worker's confirms and acks are on its own thread: nothing signals here
+    counts = collections.Counter(letters)
+    print(
+        f"\ndead queue leader {leader.nodename} stopped after {stopped_at} events handled; "
+        f"{len(confirmed)} confirmed, {len(failed_publishes)} publishes failed; {len(counts)} dead letters, "
+        f"{sum(c - 1 for c in counts.values())} duplicates; {handled.done} handler runs"
     )
