@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from tchu_rpc import reply_cache, topology, wire
 from tchu_rpc._worker import legacy, retries
@@ -74,8 +74,9 @@ class Dispatcher:
         `report(info)` sends progress for this call; the handler reaches it via `report_progress()`.
         `received` is when the worker received it (`time.monotonic()`; default: now).
         """
-        if self.accept_tchu_tchu and (tchu_tchu := self._tchu_tchu_call(message, received)) is not None:
-            return tchu_tchu
+        legacy_outcome = legacy.recognized_call(self, message, received) if self.accept_tchu_tchu else None
+        if legacy_outcome is not None:
+            return cast(Outcome, legacy_outcome)
         reply_to = message.properties.get("reply_to")
         if reply_to and not reply_to.startswith(topology.REPLY_ADDRESSES):
             reason = f"reply_to {reply_to!r} is not a reply address (direct reply-to or a client's queue)"
@@ -91,17 +92,6 @@ class Dispatcher:
         if outcome.cacheable and outcome.reply is not None:
             # Stored before the reply is published, so a crash between reply and ack is covered.
             reply_cache.store(cache, message_id, outcome.reply, outcome.content_type, self.cache_ttl)
-        return outcome
-
-    def _tchu_tchu_call(self, message: Any, received: float | None) -> Outcome | None:
-        """Return the outcome of a tchu-tchu call (`_worker.legacy`), or None for a native message."""
-        try:
-            task = legacy.recognize(message)
-        except DecodeError as exc:  # its reply_to is not ours to trust: no answer
-            return Outcome(dead_reason=f"DecodeError: {exc}")
-        if task is None:
-            return None
-        outcome: Outcome = legacy.call(self, task, message, received)
         return outcome
 
     def _call(self, message: Any, report: Callable[[Any], bool] | None, received: float | None) -> Outcome:
@@ -142,9 +132,9 @@ class Dispatcher:
         A retry copy (`_worker.retries`) runs only the handler it names: its siblings ran already.
         """
         if self.accept_tchu_tchu:
-            message, refused = _tchu_tchu_event(message)
+            message, refused = legacy.native_event(message)
             if refused is not None:
-                return refused
+                return cast(Outcome, refused)
         return self._event(message)
 
     def _event(self, message: Any) -> Outcome:
@@ -270,15 +260,6 @@ class _Unanswerable(Exception):
     def __init__(self, type_name: str, message: str) -> None:
         super().__init__(message)
         self.type_name = type_name
-
-
-def _tchu_tchu_event(message: Any) -> tuple[Any, Outcome | None]:
-    """Return a tchu-tchu event as a native one (`_worker.legacy`), or why it is dead-lettered."""
-    try:
-        task = legacy.recognize(message)
-    except DecodeError as exc:
-        return message, Outcome(dead_reason=f"DecodeError: {exc}")
-    return (message, None) if task is None else (legacy.as_event(message, task), None)
 
 
 def _check_result(codec: wire.Codec, body: bytes, contract: Topic[Any, Any]) -> None:

@@ -167,6 +167,28 @@ def event(dispatcher: Any, message: Any, received: float | None) -> Any:
     return dispatcher.event(message)
 
 
+def recognized_call(dispatcher: Any, message: Any, received: float | None) -> Any:
+    """Return the `Outcome` of a tchu-tchu call on the calls lane, or None for a native message."""
+    from tchu_rpc._worker.dispatch import Outcome  # dispatch imports this module
+
+    try:
+        task = recognize(message)
+    except DecodeError as exc:  # its reply_to is not ours to trust: no answer
+        return Outcome(dead_reason=f"DecodeError: {exc}")
+    return None if task is None else call(dispatcher, task, message, received)
+
+
+def native_event(message: Any) -> tuple[Any, Any]:
+    """Return a tchu-tchu event as a native one, with None; or the message and why it is refused."""
+    from tchu_rpc._worker.dispatch import Outcome  # dispatch imports this module
+
+    try:
+        task = recognize(message)
+    except DecodeError as exc:
+        return message, Outcome(dead_reason=f"DecodeError: {exc}")
+    return (message, None) if task is None else (as_event(message, task), None)
+
+
 def as_event(message: Any, task: Task) -> Any:
     """Return `message` as a native event whose body is the task's payload."""
     return _View(message, _JSON.encode(task.payload))
