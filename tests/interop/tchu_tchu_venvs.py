@@ -7,11 +7,10 @@ raises `RuntimeError` naming the install log kept beside the venv.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+
+from benchmarks import venvs
 
 ROOT = Path(__file__).resolve().parents[2]
 _CELERY = ("celery==5.7.0", "kombu==5.7.0", "amqp==5.4.2")
@@ -20,9 +19,6 @@ REQUIREMENTS = {
     "2": ("tchu-tchu==2.2.21", *_CELERY),
     "3": ("tchu-tchu==3.0.4", *_CELERY),
 }
-_STAMP = ".test-requirements"
-_VENV_TIMEOUT = 120
-_INSTALL_TIMEOUT = 300
 
 
 def venv_dir(major: str) -> Path:
@@ -31,31 +27,11 @@ def venv_dir(major: str) -> Path:
 
 
 def ensure_venv(major: str) -> Path:
-    """Create the venv of tchu-tchu `major` unless it holds its pinned requirements; return its python."""
-    venv, requirements = venv_dir(major), REQUIREMENTS[major]
-    python, stamp = venv / "bin" / "python", venv / _STAMP
-    wanted = "\n".join(requirements) + "\n"
-    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return python
-    base = shutil.which("python3.11") or sys.executable
-    log = venv.parent / f"{venv.name}-install.log"
-    with open(log, "w") as out:
-        if not python.exists():
-            _run([base, "-m", "venv", str(venv)], out, _VENV_TIMEOUT, f"making {venv}", log)
-        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *requirements]
-        _run(pip, out, _INSTALL_TIMEOUT, f"installing {' '.join(requirements)} into {venv}", log)
-    log.unlink()
-    stamp.write_text(wanted)
-    return python
+    """Create the venv of tchu-tchu `major` unless it holds its pinned requirements; return its python.
 
-
-def _run(argv: list[str], out: IO[str], timeout: float, what: str, log: Path) -> None:
-    try:
-        done = subprocess.run(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"{what} timed out after {timeout:.0f} s; see {log}") from exc
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed; see {log}")
+    Made as the benchmarks make their baselines' venvs (`benchmarks.venvs.ensure_venv`).
+    """
+    return venvs.ensure_venv(venv_dir(major), REQUIREMENTS[major])
 
 
 if __name__ == "__main__":
