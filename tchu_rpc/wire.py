@@ -25,6 +25,8 @@ HEADER_CONTEXT: Final = "x-tchu-context"
 #: Seconds the caller had left when it published a call (relative: no clocks are compared).
 HEADER_TIMEOUT: Final = "x-tchu-timeout"
 HEADER_ERROR: Final = "x-tchu-error"
+#: On a dead letter: whether it was a `call` or an `event` (a replay sends it back to that queue).
+HEADER_KIND: Final = "x-tchu-kind"
 HEADER_TOPIC: Final = "x-tchu-topic"
 #: How many earlier deliveries of a message on a classic queue the worker has counted.
 HEADER_DELIVERIES: Final = "x-tchu-deliveries"

@@ -3,8 +3,8 @@
 No I/O here: `tchu_rpc._dead.queue` gets the messages and moves them.
 
 What a dead letter holds is the worker's copy (`_worker.outgoing.copy`): the original body and
-properties, the topic in `x-tchu-topic` and the reason in `x-tchu-error`. The copy does not say
-whether the message was a call or an event, so its kind is inferred (`kind_of`).
+properties, the topic in `x-tchu-topic`, the reason in `x-tchu-error` and whether it was a call or
+an event in `x-tchu-kind` (inferred for letters of workers before it, `kind_of`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ HEADER_REPLAYED: Final = "x-tchu-replayed"
 #: would get no more retries. A call's time left belonged to a caller who has gone, and the worker
 #: would drop a call whose time ran out without running it. The retried handler's name
 #: (`HEADER_RETRY_HANDLER`) stays: a replay runs that handler alone, as its retries did.
-_DROPPED: Final = (wire.HEADER_ERROR, wire.HEADER_TIMEOUT, wire.HEADER_ATTEMPT, wire.HEADER_ATTEMPT_ERRORS)
+_DROPPED: Final = (
+    wire.HEADER_ERROR,
+    wire.HEADER_KIND,
+    wire.HEADER_TIMEOUT,
+    wire.HEADER_ATTEMPT,
+    wire.HEADER_ATTEMPT_ERRORS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +81,14 @@ def read(message: Any, lanes: Collection[Kind], now: float) -> DeadLetter:
 def kind_of(headers: dict[str, Any], props: dict[str, Any], topic: str, lanes: Collection[Kind]) -> Kind:
     """Tell whether a dead letter was a call or an event.
 
-    A service with one queue has one kind. Otherwise a message that names a reply address or
+    The worker says so in `x-tchu-kind`. A service with one queue has one kind. Otherwise (a letter
+    of a worker before that header) a message that names a reply address or
     carries the caller's time left is a call (a `Client` sets both on every call, on no event), and
     one with neither goes by the registry's convention: topics whose first word is `rpc` are calls.
     """
+    said = headers.get(wire.HEADER_KIND)
+    if said in ("call", "event"):
+        return "call" if said == "call" else "event"
     if len(set(lanes)) == 1:
         return next(iter(lanes))
     if props.get("reply_to") or wire.HEADER_TIMEOUT in headers:

@@ -155,10 +155,11 @@ class Settler:
         if not isinstance(outcome, EventOutcome):
             if outcome.dead_reason is None:
                 return []
-            return [self.dead_letter(message, outcome.dead_reason)]
+            return [self.dead_letter(message, outcome.dead_reason, {wire.HEADER_KIND: job.kind})]
         sends = [self.retry_copy(message, rescheduled) for rescheduled in outcome.rescheduled]
         if outcome.dead_reason is not None:
-            sends.append(self.dead_letter(message, outcome.dead_reason, outcome.dead_headers))
+            extra = {**(outcome.dead_headers or {}), wire.HEADER_KIND: job.kind}
+            sends.append(self.dead_letter(message, outcome.dead_reason, extra))
         return sends
 
     def dead_letter(self, message: Any, reason: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

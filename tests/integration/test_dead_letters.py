@@ -197,6 +197,31 @@ def test_listing_filters_by_topic_and_shows_the_age_and_the_kind(
     assert _depth(tchu, f"{name}.dead") == 2
 
 
+def test_a_workers_letters_say_their_kind_and_the_listing_goes_by_it(
+    tchu: TchuFactory, service: tuple[Service, Worker, str]
+) -> None:
+    # Given an event the worker dead-lettered, and a letter saying it was a call on a topic that
+    # the naming convention (`rpc.` first) would take for an event's
+    _, _, name = service
+    _dead_events(tchu, name, ["user.created"])
+    _put_dead(
+        tchu, name, 2, {wire.HEADER_TOPIC: "order.placed", wire.HEADER_ERROR: "x", wire.HEADER_KIND: "call"}
+    )
+    # When the letters are listed
+    letters = list_dead_letters(name, tchu.settings).letters
+    # Then each shows the kind its letter says
+    assert {letter.topic: letter.kind for letter in letters} == {
+        "user.created": "event",
+        "order.placed": "call",
+    }
+    # And the worker's copy says it in `x-tchu-kind`
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        taken = [channel.basic_get(f"{name}.dead", no_ack=True) for _ in range(2)]
+    said = {m.headers[wire.HEADER_TOPIC]: m.headers.get(wire.HEADER_KIND) for m in taken if m is not None}
+    assert said == {"user.created": "event", "order.placed": "call"}
+
+
 def test_100_replayed_dead_letters_are_handled_once_each(
     tchu: TchuFactory, service: tuple[Service, Worker, str]
 ) -> None:
