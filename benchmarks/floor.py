@@ -10,7 +10,11 @@ reply's confirm arrives before the request is acked. With `--tx` ("floor+tx") it
 guarantees the way tchu_rpc's worker does: requests as with `--confirm`, and each reply, its request's
 ack and a `tx.commit` go out together, one AMQP transaction (benchmarks/RESULTS.md).
 
+With `--quorum` its queue is a durable quorum queue instead (a quorum queue cannot be auto-delete);
+the harness deletes it after the servers stop (benchmarks/cluster.py).
+
     python -m benchmarks.floor serve --broker URL --queue Q [--exchange X] [--binding rpc.#] [--confirm|--tx]
+        [--quorum]
 """
 
 from __future__ import annotations
@@ -38,14 +42,28 @@ _CALL_TIMEOUT = 30.0
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def topology(queue: str, exchange: str, binding: str = "rpc.#") -> tuple[Exchange, Queue]:
-    """Return the floor's exchange and queue; both vanish once the last server stops consuming."""
+def topology(
+    queue: str, exchange: str, binding: str = "rpc.#", quorum: bool = False
+) -> tuple[Exchange, Queue]:
+    """Return the floor's exchange and queue; both vanish once the last server stops consuming.
+
+    A quorum queue stays until deleted (its exchange goes with its binding).
+    """
     ex = Exchange(exchange, type="topic", durable=False, auto_delete=True)
+    if quorum:
+        args = {"x-queue-type": "quorum"}
+        return ex, Queue(queue, ex, routing_key=binding, durable=True, queue_arguments=args)
     return ex, Queue(queue, ex, routing_key=binding, durable=False, auto_delete=True)
 
 
 def serve(
-    broker_url: str, queue: str, exchange: str, binding: str, confirm: bool = False, tx: bool = False
+    broker_url: str,
+    queue: str,
+    exchange: str,
+    binding: str,
+    confirm: bool = False,
+    tx: bool = False,
+    quorum: bool = False,
 ) -> int:
     """Answer echo requests until SIGTERM or SIGINT; print the ready line once consuming."""
     stopping = False
@@ -56,7 +74,7 @@ def serve(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    _, q = topology(queue, exchange, binding)
+    _, q = topology(queue, exchange, binding, quorum)
     with Connection(broker_url) as conn:
         channel = conn.channel()
         channel.basic_qos(prefetch_size=0, prefetch_count=1, a_global=False)
@@ -156,10 +174,14 @@ def make_caller(
 class FloorContender:
     """The floor as a contender: `processes` floor servers, one connection per caller thread."""
 
-    def __init__(self, run_id: str, log_dir: Path, confirm: bool = False, tx: bool = False) -> None:
+    def __init__(
+        self, run_id: str, log_dir: Path, confirm: bool = False, tx: bool = False, quorum: bool = False
+    ) -> None:
         self.name = "floor+conf" if confirm else "floor+tx" if tx else "floor"
         self.confirm = confirm
         self.tx = tx
+        self.quorum = quorum
+        self._broker_url: str | None = None
         self.queue = f"bench.{run_id}.{self.name}"
         self.exchange = f"bench.{run_id}.{self.name}"
         self._servers = ServerGroup(log_dir / self.name)
@@ -174,8 +196,9 @@ class FloorContender:
             if self.tx
             else "ack after reply; no confirms"
         )
+        queue = "durable quorum queue" if self.quorum else "non-durable auto-delete queue"
         return (
-            f"raw kombu; non-durable auto-delete queue on a topic exchange; prefetch 1; {confirms}; "
+            f"raw kombu; {queue} on a topic exchange; prefetch 1; {confirms}; "
             "direct reply-to; one connection per caller thread"
         )
 
@@ -184,6 +207,8 @@ class FloorContender:
         argv = [sys.executable, "-m", "benchmarks.floor", "serve", "--broker", broker_url]
         argv += ["--queue", self.queue, "--exchange", self.exchange]
         argv += ["--confirm"] if self.confirm else ["--tx"] if self.tx else []
+        argv += ["--quorum"] if self.quorum else []
+        self._broker_url = broker_url
         try:
             for _ in range(processes):
                 self._servers.spawn(argv, cwd=_ROOT)
@@ -193,8 +218,14 @@ class FloorContender:
             raise
 
     def stop_servers(self) -> None:
-        """Stop the servers; the auto-delete queue and exchange go with the last one."""
+        """Stop the servers; the auto-delete queue and exchange go with the last one.
+
+        A quorum queue is deleted here (and its auto-delete exchange with its binding).
+        """
         self._servers.stop()
+        if self.quorum and self._broker_url is not None:
+            with Connection(self._broker_url, connect_timeout=5) as conn:
+                conn.channel().queue_delete(self.queue)
 
     def run_calls(self, broker_url: str, n_calls: int, in_flight: int, pad: str, warmup: int) -> RunResult:
         """Make `n_calls` echo calls from `in_flight` threads, each with its own connection."""
@@ -217,8 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = srv.add_mutually_exclusive_group()
     mode.add_argument("--confirm", action="store_true", help="confirm replies before acking requests")
     mode.add_argument("--tx", action="store_true", help="commit each reply with its ack (a transaction)")
+    srv.add_argument("--quorum", action="store_true", help="a durable quorum queue (the harness deletes it)")
     args = parser.parse_args(argv)
-    return serve(args.broker, args.queue, args.exchange or args.queue, args.binding, args.confirm, args.tx)
+    exchange = args.exchange or args.queue
+    return serve(args.broker, args.queue, exchange, args.binding, args.confirm, args.tx, args.quorum)
 
 
 if __name__ == "__main__":

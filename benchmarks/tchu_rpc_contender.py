@@ -21,7 +21,7 @@ from kombu import Connection
 from benchmarks.loadgen import Call, RunResult, check_reply, request_body, run_threads
 from benchmarks.procs import ServerGroup
 from tchu_rpc import Client, Settings, Worker
-from tchu_rpc.config import Serializer
+from tchu_rpc.config import QueueType, Serializer
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "benchmarks.tchu_rpc_handlers"
@@ -39,7 +39,8 @@ class TchuRpcContender:
 
     name = "tchu_rpc"
 
-    def __init__(self, run_id: str, log_dir: Path) -> None:
+    def __init__(self, run_id: str, log_dir: Path, queue_type: QueueType = "classic") -> None:
+        self.queue_type: QueueType = queue_type
         self.service = f"bench.{run_id}.tchu_rpc"
         self.calls_exchange = f"bench.{run_id}.tchu_rpc.calls"
         self.events_exchange = f"bench.{run_id}.tchu_rpc.events"
@@ -53,8 +54,9 @@ class TchuRpcContender:
         """Describe the setup in one line for the report."""
         return (
             "tchu_rpc via `python -m tchu_rpc worker --concurrency N` (memory://: N in-process workers); "
-            "durable classic queues; prefetch 1; reply and ack in one AMQP transaction; requests mandatory, "
-            "non-persistent, confirmed; direct reply-to; one shared Client (one I/O thread) for all callers"
+            f"durable {self.queue_type} queues; prefetch 1; reply and ack in one AMQP transaction; "
+            "requests mandatory, non-persistent, confirmed; direct reply-to; one shared Client (one I/O "
+            "thread) for all callers"
         )
 
     def settings_for(self, broker_url: str, serializer: Serializer = "json") -> Settings:
@@ -64,13 +66,14 @@ class TchuRpcContender:
             calls_exchange=self.calls_exchange,
             events_exchange=self.events_exchange,
             serializer=serializer,
+            queue_type=self.queue_type,
             call_timeout=CALL_TIMEOUT,
             shutdown_grace=5.0,
         )
 
     def sibling(self, name: str) -> TchuRpcContender:
         """Return a contender of this run with a service, exchanges and logs of its own, named `name`."""
-        return TchuRpcContender(f"{self._run_id}.{name}", self._log_dir / name)
+        return TchuRpcContender(f"{self._run_id}.{name}", self._log_dir / name, self.queue_type)
 
     def start_servers(
         self, broker_url: str, processes: int, *, handlers: str = HANDLERS, env: dict[str, str] | None = None
@@ -94,6 +97,7 @@ class TchuRpcContender:
             TCHU_RPC_CALLS_EXCHANGE=self.calls_exchange,
             TCHU_RPC_EVENTS_EXCHANGE=self.events_exchange,
             TCHU_RPC_SHUTDOWN_GRACE="5",
+            TCHU_RPC_QUEUE_TYPE=self.queue_type,
             **(env or {}),
         )
         try:
