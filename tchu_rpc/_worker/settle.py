@@ -136,6 +136,9 @@ class Settler:
         """Learn the node `conn`, a new connection, reached: replies to callers there go on it."""
         self.node = own_node(conn, timeout) if is_amqp(conn) else None
         self._here.clear()
+        if self.node is None and is_amqp(conn):
+            hint = "every reply to direct reply-to goes through the relay"
+            logger.warning("reply_node_unknown", service=self.service, hint=hint)
 
     def _relayed(self, job: Job, sends: list[dict[str, Any]], ok: bool) -> None:
         if job not in self._awaiting:
