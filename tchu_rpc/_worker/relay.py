@@ -68,10 +68,14 @@ class Relay:
 
     # -- any thread ---------------------------------------------------------------------------
     def send(self, send: dict[str, Any], on_done: OnDone | None) -> None:
-        """Publish `send` (publish arguments of a reply); `on_done(ok)` runs on the relay's thread."""
+        """Publish `send` (publish arguments of a reply); `on_done(ok)` runs on the relay's thread.
+
+        Or on this thread, if the relay's connection is idle (`Loop.run_or_submit`).
+        """
         self._used = True
         self._loop.start()
-        self._loop.submit(lambda: self._take(_Reply(self, send, on_done)))
+        # Published on this thread while the relay's is idle: no hand-over on the way to the caller.
+        self._loop.run_or_submit(lambda: self._take(_Reply(self, send, on_done)))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the relay's thread and close its connection; replies not yet confirmed are dropped."""
