@@ -124,11 +124,14 @@ def test_replies_to_a_dead_node_cost_no_other_request_a_second_run(tchu: TchuFac
 
 
 @pytest.mark.timeout(90)
-def test_relayed_replies_reach_live_callers_across_the_relays_lost_connections(tchu: TchuFactory) -> None:
+@pytest.mark.parametrize("call_concurrency", [1, 8])  # 1: handlers run on the I/O thread (fast path)
+def test_relayed_replies_reach_live_callers_across_the_relays_lost_connections(
+    tchu: TchuFactory, call_concurrency: int
+) -> None:
     # Given a worker that takes every caller for one on another node, so every reply is relayed
     runs: Counter[int] = Counter()
     registry = _counting_registry(runs, threading.Event(), threading.Semaphore(0))
-    worker = tchu.worker(registry, call_concurrency=8)
+    worker = tchu.worker(registry, call_concurrency=call_concurrency)
     _treat_every_caller_as_elsewhere(worker)
     client = tchu.client()
     address = dead_address(tchu.broker_url)
