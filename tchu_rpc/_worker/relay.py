@@ -10,12 +10,13 @@ acked once its reply is confirmed.
 
 When the broker closes the relay's connection, the replies it had not confirmed are sent again on
 the next one, one at a time (a confirm may have been lost with the connection, so a caller may get a
-reply twice, and drops the second), until the one that closes it again: its address is remembered as
-gone and replies to it are dropped from then on (`reply_undeliverable`), their requests acked.
+reply twice, and drops the second), until the one that closes it again: its address is taken for
+gone, and replies to it are dropped for a minute (`reply_undeliverable`), their requests acked.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,10 @@ from tchu_rpc.log import logger
 OnDone = Callable[[bool], None]
 _INTERNAL_ERROR = 541  # how RabbitMQ 3.10 closes a connection over a reply to a dead node
 _REMEMBERED = 4096  # addresses known gone, at most
+#: Seconds an address is taken for gone: a caller whose node died sends nothing new, and its requests
+#: left in the queue expire with their timeouts; a live caller taken for gone by mistake (a 541 for
+#: another reason) is not cut off for good.
+_GONE_FOR = 60.0
 
 
 class _Reply:
@@ -64,7 +69,7 @@ class Relay:
         self._sent: dict[_Reply, None] = {}  # published, awaiting their confirms, in order
         self._held: deque[_Reply] = deque()  # to publish once connected (or one by one, `_careful`)
         self._careful = False  # after a close: one reply at a time, to find the one that closed it
-        self._gone: dict[str, None] = {}  # addresses whose node is not running, oldest first
+        self._gone: dict[str, float] = {}  # addresses whose node is not running -> since, oldest first
 
     # -- any thread ---------------------------------------------------------------------------
     def send(self, send: dict[str, Any], on_done: OnDone | None) -> None:
@@ -91,7 +96,7 @@ class Relay:
         self._next()
 
     def _take(self, reply: _Reply) -> None:
-        if reply.send["routing_key"] in self._gone:
+        if self._is_gone(reply.send["routing_key"]):
             self._drop(reply)
         elif self._careful or self._publisher is None:
             self._held.append(reply)
@@ -118,7 +123,7 @@ class Relay:
                 self._careful = False
                 return
             reply = self._held.popleft()
-            if reply.send["routing_key"] in self._gone:
+            if self._is_gone(reply.send["routing_key"]):
                 self._drop(reply)
                 continue
             self._publish(reply)
@@ -128,7 +133,7 @@ class Relay:
         unconfirmed, self._sent = list(self._sent), {}
         if len(unconfirmed) == 1 and _reply_code(exc) == _INTERNAL_ERROR:  # the one that closed it
             culprit = unconfirmed.pop()
-            self._gone[culprit.send["routing_key"]] = None
+            self._gone[culprit.send["routing_key"]] = time.monotonic()
             if len(self._gone) > _REMEMBERED:
                 del self._gone[next(iter(self._gone))]
             self._drop(culprit)
@@ -138,6 +143,15 @@ class Relay:
         logger.warning(
             "relay_connection_lost", service=self.service, unconfirmed=len(unconfirmed), careful=self._careful
         )
+
+    def _is_gone(self, address: str) -> bool:
+        since = self._gone.get(address)
+        if since is None:
+            return False
+        if time.monotonic() - since < _GONE_FOR:
+            return True
+        del self._gone[address]
+        return False
 
     def _drop(self, reply: _Reply) -> None:
         send = reply.send

@@ -7,8 +7,10 @@ that matters, with a publisher that records what it was asked to publish.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
 from amqp.exceptions import InternalError
 
 from tchu_rpc import Settings
@@ -109,3 +111,23 @@ def test_a_lone_reply_lost_with_a_connection_that_failed_otherwise_is_sent_again
     assert [c for c, _ in publisher.sent] == ["a"]
     assert publisher.confirm() == "a"
     assert harness.done == [("a", True)]
+
+
+def test_an_address_is_taken_for_gone_for_a_minute_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an address found gone
+    harness = Harness()
+    harness.take("a", GONE)
+    harness.close()
+    publisher = harness.connect()
+    assert harness.done == [("a", True)] and not publisher.sent
+
+    # When a reply to it comes within the minute, and another after it
+    harness.take("b", GONE)
+    later = time.monotonic() + 61
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    harness.take("c", GONE)
+
+    # Then the first is dropped unsent, and the second is tried again (a 541 for another reason
+    # must not cut a live caller off for good)
+    assert harness.done[-1] == ("b", True)
+    assert [c for c, _ in publisher.sent] == ["c"]
