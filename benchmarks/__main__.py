@@ -35,14 +35,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
 import kombu
 import structlog
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from benchmarks import aio_pika_baseline, chart, tchu_tchu_baseline
+from benchmarks import aio_pika_baseline, chart, cmdline, tchu_tchu_baseline
 from benchmarks.aio_pika_baseline import AioPikaContender
 from benchmarks.contenders import Contender, Plan, render
 from benchmarks.floor import FloorContender
@@ -86,24 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--broker", default=DEFAULT_BROKER, help="broker URL (default memory://: tchu_rpc alone, in-process)")
     add(
         "--contenders",
-        type=_names,
+        type=cmdline.names,
         help=f"comma-separated, of {','.join(FACTORIES)} "
         f"(default: {','.join(AMQP_CONTENDERS)}; on memory://: tchu_rpc)",
     )
     add("--reference", default="tchu_rpc", help="the contender the table's ratios are taken to")
     add(
         "--scenarios",
-        type=_names,
+        type=cmdline.names,
         help=f"comma-separated, of {','.join(SCENARIOS)} (default: all that can run)",
     )
-    add("--procs", type=_ints, help="server processes, e.g. 1,2,4 (default: 1,2,4; memory://: 1)")
-    add("--in-flight", type=_ints, default=Plan.in_flight, help="concurrent calls, e.g. 1,8,64")
+    add("--procs", type=cmdline.ints, help="server processes, e.g. 1,2,4 (default: 1,2,4; memory://: 1)")
+    add("--in-flight", type=cmdline.ints, default=Plan.in_flight, help="concurrent calls, e.g. 1,8,64")
     add("--calls", type=int, default=Plan.calls, help="timed calls per cell")
     add("--warmup", type=int, default=Plan.warmup, help="untimed calls per cell and round")
     add("--rounds", type=int, default=Plan.rounds, help="rounds the calls of a cell are split over")
     add("--pad", type=int, default=Plan.pad_size, help="bytes of padding per request in the call matrix")
     add("--events", type=int, default=2000, help="events per publisher count in the events scenario")
-    add("--memory-calls", type=_ints, default=[10_000, 100_000], help="RSS checkpoints, in calls")
+    add("--memory-calls", type=cmdline.ints, default=[10_000, 100_000], help="RSS checkpoints, in calls")
     add("--memory-in-flight", type=int, default=8, help="concurrent calls in the memory scenario")
     add("--tchu-backend", default=DEFAULT_BACKEND, help="tchu-tchu's Celery result backend")
     add("--tchu-pool", choices=("prefork", "solo"), default="prefork")
@@ -125,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"python -m benchmarks: {problem}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # so that finally blocks stop the servers
+    previous = signal.signal(signal.SIGTERM, cmdline.interrupt)  # so that finally blocks stop the servers
     try:
         return _run(args)
     finally:
@@ -228,18 +227,6 @@ def _header(
     for contender in contenders:
         header[f"contender {contender.name}"] = contender.settings
     return header
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Protocol
 
 import kombu
 import structlog
 from kombu import Connection
 
+from benchmarks import cmdline
 from benchmarks.contenders import Cell, Contender, Plan, measure, plan_units, servers
 from benchmarks.floor import FloorContender, make_caller
 from benchmarks.loadgen import RunResult
@@ -130,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--contenders", type=_names, default=list(CONTENDERS), help="comma-separated, of floor,tchu_rpc")
-    add("--scenarios", type=_names, default=list(SCENARIOS), help="comma-separated, of calls,events")
-    add("--procs", type=_ints, default=list(Plan.procs), help="server processes, e.g. 1,2,4")
-    add("--in-flight", type=_ints, default=list(Plan.in_flight), help="concurrent calls, e.g. 1,8,64")
+    add("--contenders", type=cmdline.names, default=list(CONTENDERS), help="of floor,tchu_rpc")
+    add("--scenarios", type=cmdline.names, default=list(SCENARIOS), help="comma-separated, of calls,events")
+    add("--procs", type=cmdline.ints, default=list(Plan.procs), help="server processes, e.g. 1,2,4")
+    add("--in-flight", type=cmdline.ints, default=list(Plan.in_flight), help="concurrent calls, e.g. 1,8,64")
     add("--calls", type=int, default=Plan.calls, help="timed calls per cell")
     add("--warmup", type=int, default=Plan.warmup, help="untimed calls per cell and round")
     add("--rounds", type=int, default=Plan.rounds, help="rounds the calls of a cell are split over")
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not structlog.is_configured():
         configure("warning")
     nodes = _load_nodes()
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # so that finally blocks stop servers and nodes
+    previous = signal.signal(signal.SIGTERM, cmdline.interrupt)  # finally blocks stop servers and nodes
     began = time.monotonic()
     try:
         print("starting a private three-node cluster ...", flush=True)
@@ -364,18 +365,6 @@ def _load_nodes() -> ModuleType:
 def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in [head, *rows])
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":

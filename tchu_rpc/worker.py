@@ -30,7 +30,6 @@ from tchu_rpc._worker.dispatch import Dispatcher, Outcome
 from tchu_rpc._worker.lanes import Lane
 from tchu_rpc._worker.messages import describe, previous_deliveries
 from tchu_rpc._worker.progress import ProgressSender
-from tchu_rpc._worker.relay import Relay
 from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
@@ -82,15 +81,14 @@ class Worker:
         self._limits = TimeLimits(self.settings.handler_time_limit)
         self._consumers: dict[Kind, Consumer] = {}
         self._lanes: dict[Kind, Lane] = {}
-        self._settler = Settler(self.service, self._dispatcher.middleware)
         self._started, self._stop_requested = threading.Event(), threading.Event()
         self._start_error: BaseException | None = None
         self._cancelled = self._stopped = self._serving = False
         self._stop_lock = threading.Lock()  # a second stop() returns once the first has stopped it
         hooks = {"on_connect": self._setup, "on_lost": self._lost, "on_tick": self._enforce_time_limit}
         self._loop = DeferringLoop(f"tchu-worker-{queue}", self.settings, **hooks)
-        self._relay = self._settler.relay = Relay(self.service, self.settings, self._settler.returned)
-        self._settler.handoff = self._loop.run_or_submit
+        run_or_submit = self._loop.run_or_submit
+        self._settler = Settler(self.service, self.settings, run_or_submit, self._dispatcher.middleware)
         self._progress = ProgressSender(
             self.service, self._loop, self._settler, self.settings.max_message_bytes
         )
@@ -145,7 +143,7 @@ class Worker:
         if not drained:
             logger.warning("shutdown_grace_expired", service=self.service, inflight=self._settler.inflight)
         self._loop.stop()
-        self._relay.stop()
+        self._settler.relay.stop()
         for lane in self._lanes.values():
             lane.close()
         logger.info("worker_stopped", service=self.service)

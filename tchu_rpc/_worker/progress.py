@@ -34,10 +34,5 @@ class ProgressSender:
         publisher = self._settler.publishers.get(job.kind)
         if job.timed_out or job.generation != self._loop.generation or publisher is None:
             return  # answered already, or its reply address died with the old connection
-        answer = outgoing.answer(job.message, body, content_type, self._service)
-        relay = self._settler.relay
-        if relay is None or self._settler.is_here(answer["routing_key"]):
-            publisher.publish(**answer)
-        else:
-            relay.send(answer, None)  # to a caller on another node (`relay`)
+        self._settler.progress(job, outgoing.answer(job.message, body, content_type, self._service))
         log.debug("progress_sent", service=self._service, **describe(job.message))

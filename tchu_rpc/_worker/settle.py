@@ -29,6 +29,7 @@ from tchu_rpc._worker import outgoing, retries
 from tchu_rpc._worker.dispatch import EventOutcome, Outcome
 from tchu_rpc._worker.messages import delivery_of, describe
 from tchu_rpc._worker.relay import Relay
+from tchu_rpc.config import Settings
 from tchu_rpc.log import logger
 from tchu_rpc.middleware import Middleware, run_after
 from tchu_rpc.registry import Kind
@@ -50,13 +51,18 @@ class Job:
 class Settler:
     """Publish for deliveries, ack them with their commit or on their confirms; count those in flight."""
 
-    def __init__(self, service: str, middleware: tuple[Middleware, ...] = ()) -> None:
+    def __init__(
+        self,
+        service: str,
+        settings: Settings,
+        handoff: Callable[[Callable[[], None]], None],
+        middleware: tuple[Middleware, ...] = (),
+    ) -> None:
         self.service = service
         self._middleware = middleware  # its `on_dead_letter` hooks
         self.publishers: dict[Kind, Publisher] = {}  # one per lane's channel, set on each connection
-        self.relay: Relay | None = None  # for replies to callers on other nodes
-        #: Runs a command on the I/O thread (the relay calls back on its own).
-        self.handoff: Callable[[Callable[[], None]], None] = lambda command: command()
+        self.relay = Relay(service, settings, self.returned)  # for replies to callers on other nodes
+        self._handoff = handoff  # runs a command on the I/O thread (the relay calls back on its own)
         self.node: str | None = None  # of direct reply-to addresses on the node we are connected to
         self._here: dict[str, bool] = {}  # reply address -> on that node
         self.inflight = 0
@@ -108,21 +114,24 @@ class Settler:
         """
         if reply is None:
             self.send_then_ack(job, sends)
-        elif self.relay is None or self.is_here(reply["routing_key"]):
+        elif self._is_here(reply["routing_key"]):
             self.send_then_ack(job, [*sends, reply])
         else:
-            self._relay(job, reply, sends)
 
-    def _relay(self, job: Job, reply: dict[str, Any], sends: list[dict[str, Any]]) -> None:
-        assert self.relay is not None
+            def relayed(ok: bool) -> None:  # on the relay's thread
+                self._handoff(partial(self._relayed, job, sends, ok))
 
-        def relayed(ok: bool) -> None:  # on the relay's thread
-            self.handoff(partial(self._relayed, job, sends, ok))
+            self._awaiting.add(job)
+            self.relay.send(reply, relayed)
 
-        self._awaiting.add(job)
-        self.relay.send(reply, relayed)
+    def progress(self, job: Job, send: dict[str, Any]) -> None:
+        """Publish `send`, a progress message of `job` to its caller (through the relay if need be)."""
+        if self._is_here(send["routing_key"]):
+            self.publishers[job.kind].publish(**send)
+        else:
+            self.relay.send(send, None)
 
-    def is_here(self, address: str) -> bool:
+    def _is_here(self, address: str) -> bool:
         """Tell whether a reply to `address` may go on our connection: its node is ours, or no node."""
         here = self._here.get(address)
         if here is None:
@@ -134,9 +143,10 @@ class Settler:
 
     def connected(self, conn: Connection, timeout: float) -> None:
         """Learn the node `conn`, a new connection, reached: replies to callers there go on it."""
-        self.node = own_node(conn, timeout) if is_amqp(conn) else None
+        amqp_conn = is_amqp(conn)
+        self.node = own_node(conn, timeout) if amqp_conn else None
         self._here.clear()
-        if self.node is None and is_amqp(conn):
+        if self.node is None and amqp_conn:
             hint = "every reply to direct reply-to goes through the relay"
             logger.warning("reply_node_unknown", service=self.service, hint=hint)
 
