@@ -154,6 +154,8 @@ def _scan(queue: DeadQueue, depth: int) -> Iterator[Any]:
 def _left_because(
     letter: DeadLetter, pattern: str | None, calls: bool, lanes: Collection[Kind]
 ) -> str | None:
+    if not letter.ours:
+        return "not a worker's letter"  # published into the queue by someone else: its topic is a claim
     if not letter.topic:
         return "no topic"  # the worker would see the queue's name as its topic
     if pattern is not None and not topic_matches(pattern, letter.topic):

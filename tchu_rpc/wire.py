@@ -32,6 +32,11 @@ HEADER_TOPIC: Final = "x-tchu-topic"
 HEADER_DELIVERIES: Final = "x-tchu-deliveries"
 #: Quorum queues count earlier deliveries themselves in this header (set by the broker).
 HEADER_QUORUM_COUNT: Final = "x-delivery-count"
+#: On the worker's own copies: the `user_id` RabbitMQ checked on the original publish (the copy's
+#: own `user_id` is the worker's login). Trusted only on a copy (`_worker.messages.trusted_copy`).
+HEADER_USER_ID: Final = "x-tchu-user-id"
+#: The `app_id` of every copy a worker (or `tchu-rpc dead --replay`) publishes of a delivery.
+COPY_APP_ID: Final = "tchu-rpc.copy"
 #: Set (alone) on a message whose properties or headers could not be decoded (`_amqp.properties`).
 HEADER_MALFORMED: Final = "x-tchu-malformed"
 #: On an event's retry copy (`_worker.retries`): the one handler to run, as `name@pattern`.

@@ -28,7 +28,7 @@ from tchu_rpc._worker import consumers, legacy, outgoing
 from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
 from tchu_rpc._worker.dispatch import Dispatcher, Outcome
 from tchu_rpc._worker.lanes import Lane
-from tchu_rpc._worker.messages import describe, previous_deliveries
+from tchu_rpc._worker.messages import describe, previous_deliveries, trusted_copy
 from tchu_rpc._worker.progress import ProgressSender
 from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc._worker.signals import wait_for_stop
@@ -192,10 +192,14 @@ class Worker:
         raw_body(message)
         job = Job(kind, generation, message, self._loop.looked_at)
         classic = self.settings.queue_type == "classic"
+        # By the default exchange: our own copy (its headers count, `trusted_copy`), or refused.
+        untrusted = message.delivery_info.get("exchange") == "" and trusted_copy(message, self._settler.login)
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
         if malformed is not None:  # see `properties`: its addresses cannot be trusted, no answer
             self._finish(job, Outcome(dead_reason=f"DecodeError: {malformed}"))
+        elif untrusted:
+            self._finish(job, self._dispatcher.refuse(kind, message, "UntrustedCopy", untrusted))
         elif earlier >= self.settings.delivery_limit:
             self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
         elif classic and message.delivery_info.get("redelivered"):

@@ -93,10 +93,11 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
         frame = (frame_type, channel, buffer[7:end])
         try:
             (on_frame if channel else tolerant)(frame)  # the connection's own frames, all of them
-        except UnicodeDecodeError:
-            if frame_type != 2:
+        except Exception as exc:
+            recover = conn.__dict__.get("tchu_recover")
+            if recover is None:
                 raise
-            tolerant(frame)  # a header whose properties are not UTF-8: made decodable
+            recover(frame, exc)  # a header py-amqp cannot decode, made decodable; else raises `exc`
         buffer = transport._read_buffer  # a callback may have read on through py-amqp
     transport._read_buffer = buffer
     return True

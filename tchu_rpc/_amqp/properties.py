@@ -1,13 +1,16 @@
-"""Read AMQP message properties that are not valid UTF-8 instead of failing the connection.
+"""Read AMQP message properties that py-amqp cannot decode instead of failing the connection.
 
-py-amqp decodes a message's short-string properties (content type, correlation id, ...) as strict
-UTF-8 while it parses the frame, so one message with a stray byte there makes `drain_events` raise:
-the connection drops before any consumer sees the message, and the broker redelivers it after every
-reconnection, for ever on a classic queue (the same class of bug as py-amqp#323). `tolerate(conn)`
-wraps one py-amqp connection's frame handler: a content header that fails to decode is decoded again
-leniently (`decode`), its undecodable bytes spelled `\\xNN` (`printable`), what could not be decoded
-said in the `HEADER_MALFORMED` header, and handed to py-amqp again; the worker dead-letters such a
-message (`Worker._receive`). Only tchu_rpc's own connections are touched: py-amqp's module tables
+py-amqp turns a message's properties into Python while it parses the frame: short strings as strict
+UTF-8, header tables field by field (a timestamp past year 9999 raises `ValueError`, an unknown
+field type `FrameSyntaxError`, deep nesting `RecursionError`, a table longer than its frame
+`struct.error`). So one message a publisher crafted makes `drain_events` raise: the connection drops
+before any consumer sees the message, and the broker redelivers it after every reconnection, for
+ever on a classic queue (the same class of bug as py-amqp#323). `tolerate(conn)` wraps one py-amqp
+connection's frame handler: a content header that fails to decode, for whatever reason, is decoded
+again leniently (`decode`): undecodable bytes spelled `\\xNN` (`printable`), a header table that
+cannot be read dropped whole, and what could not be decoded (naming the field) said in the
+`HEADER_MALFORMED` header; then it is handed to py-amqp again, and the worker dead-letters such a
+message once (`Worker._receive`). Only tchu_rpc's own connections are touched: py-amqp's module tables
 stay as they are, so any other connection in the process decodes exactly as without tchu_rpc.
 """
 
@@ -30,6 +33,8 @@ _HEADER_PROPERTIES: Final = 12
 MALFORMED: Final = HEADER_MALFORMED
 
 _strict = serialization.decode_properties_basic
+#: The longest reason kept in `MALFORMED`.
+_REASON_CHARS: Final = 1000
 
 
 def tolerate(connection: Any) -> None:
@@ -47,15 +52,27 @@ def tolerate(connection: Any) -> None:
             connection.tchu_blocked_reason = bytes(frame[2][5 : 5 + size]).decode("utf-8", "replace")
         try:
             return strict(frame)
-        except UnicodeDecodeError:
-            frame_type, channel, buf = frame
-            if frame_type != 2:
-                raise
-            # py-amqp keeps the message waiting for its header: the same header, made decodable
-            return strict((2, channel, _decodable(buf)))
+        except Exception as exc:
+            return recover(frame, exc)
+
+    def recover(frame: tuple[int, int, Any], exc: Exception) -> Any:
+        frame_type, channel, buf = frame
+        if frame_type != 2 or _decodes(buf):
+            raise exc  # not the header's properties: a bug elsewhere, or a consumer's callback
+        # py-amqp keeps the message waiting for its header: the same header, made decodable
+        return strict((2, channel, _decodable(buf)))
 
     connection.tchu_strict = strict  # py-amqp's own, for `frames.read_frames`
+    connection.tchu_recover = recover  # for `frames.read_frames`, when py-amqp's own handler raised
     connection.on_inbound_frame = on_inbound_frame
+
+
+def _decodes(buf: bytes) -> bool:
+    try:
+        _strict(buf, _HEADER_PROPERTIES)
+    except Exception:
+        return False
+    return True
 
 
 def _decodable(buf: bytes) -> bytes:
@@ -67,40 +84,68 @@ def _decodable(buf: bytes) -> bytes:
 
 
 def decode(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
-    """Decode basic properties like py-amqp; keep what is not UTF-8 instead of raising."""
+    """Decode basic properties like py-amqp; keep what it cannot decode instead of raising."""
     try:
         return _strict(buf, offset)  # type: ignore[no-any-return]
-    except UnicodeDecodeError:
+    except Exception:
         return _tolerant(buf, offset)
 
 
 def _tolerant(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    """Decode what can be decoded; say what could not in `MALFORMED`."""
     properties: dict[str, Any] = {}
-    reasons = []
-    (flags,) = unpack_from(">H", buf, offset)
-    offset += 2
-    for flag, name, kind in FIELDS:
-        if not flags & flag:
-            continue
-        if kind == "s":
-            (size,) = unpack_from(">B", buf, offset)
-            raw = bytes(buf[offset + 1 : offset + 1 + size])
-            properties[name] = raw.decode("utf-8", "surrogateescape")
-            if _escaped(properties[name]):
-                reasons.append(f"property {name} is not UTF-8: {raw!r}")
-            offset += 1 + size
-        elif kind == "B":
-            (properties[name],) = unpack_from(">B", buf, offset)
-            offset += 1
-        elif kind == "Q":
-            (properties[name],) = unpack_from(">Q", buf, offset)
-            offset += 8
-        else:
-            # py-amqp reads a table's strings leniently already (bytes where not UTF-8)
-            (properties[name],), offset = serialization.loads("F", buf, offset)
+    reasons: list[str] = []
+    try:
+        (flags,) = unpack_from(">H", buf, offset)
+        offset += 2
+        for flag, name, kind in FIELDS:
+            if flags & flag:
+                offset = _field(buf, offset, name, kind, properties, reasons)
+    except Exception as exc:  # cut short: what follows cannot be placed
+        reasons.append(f"properties cut short ({type(exc).__name__}: {exc})")
     headers = properties.setdefault("application_headers", {})
-    headers[MALFORMED] = "; ".join(reasons)
+    headers[MALFORMED] = "; ".join(reasons)[:_REASON_CHARS]
     return properties, offset
+
+
+def _field(buf: bytes, offset: int, name: str, kind: str, into: dict[str, Any], reasons: list[str]) -> int:
+    """Decode the property `name` at `offset` into `into`; return the offset after it."""
+    size: int
+    if kind == "s":
+        size = buf[offset]
+        raw = bytes(buf[offset + 1 : offset + 1 + size])
+        into[name] = raw.decode("utf-8", "surrogateescape")
+        if _escaped(into[name]):
+            reasons.append(f"property {name} is not UTF-8: {raw[:64]!r}")
+        return offset + 1 + size
+    if kind == "B":
+        into[name] = buf[offset]
+        return offset + 1
+    if kind == "Q":
+        (into[name],) = unpack_from(">Q", buf, offset)
+        return offset + 8
+    (size,) = unpack_from(">I", buf, offset)
+    end = offset + 4 + size
+    if end > len(buf):
+        raise ValueError(f"the header table claims {size} bytes, more than its frame holds")
+    try:  # py-amqp reads a table's strings leniently already (bytes where not UTF-8)
+        (into[name],), _ = serialization.loads("F", buf, offset)
+    except Exception:  # dropped whole: what it says cannot be trusted in part
+        reasons.append(f"header {_culprit(buf, offset + 4, end)}")
+    return end
+
+
+def _culprit(buf: bytes, offset: int, end: int) -> str:
+    """Name the first entry of the table at `offset`..`end` that py-amqp cannot decode, and why."""
+    key: Any = "?"
+    try:
+        while offset < end:
+            size = buf[offset]
+            key = bytes(buf[offset + 1 : offset + 1 + size]).decode("utf-8", "backslashreplace")
+            offset = serialization._read_item(buf, offset + 1 + size)[1]
+    except Exception as exc:
+        return f"{key[:64]!r} cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}"
+    return "table cannot be decoded"
 
 
 def printable(value: Any) -> Any:

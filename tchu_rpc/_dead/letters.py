@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tchu_rpc import wire
+from tchu_rpc._worker.outgoing import carried, encodable
 from tchu_rpc._worker.retries import strip_stale
 from tchu_rpc.topics import Kind, default_kind
 
@@ -53,6 +54,10 @@ class DeadLetter:
     age: float | None
     message_id: str | None
     correlation_id: str | None
+    #: A worker wrote it (`app_id` is `wire.COPY_APP_ID`): only such letters are replayed, since
+    #: their topic and counts are the worker's word, not a publisher's (letters of workers before
+    #: tchu_rpc 0.2 say nothing, and stay until moved by hand).
+    ours: bool = True
 
 
 def read(message: Any, lanes: Collection[Kind], now: float) -> DeadLetter:
@@ -75,6 +80,7 @@ def read(message: Any, lanes: Collection[Kind], now: float) -> DeadLetter:
         age=max(now - timestamp, 0.0) if _is_count(timestamp) else None,
         message_id=props.get("message_id"),
         correlation_id=props.get("correlation_id"),
+        ours=props.get("app_id") == wire.COPY_APP_ID,
     )
 
 
@@ -100,19 +106,22 @@ def replay_copy(message: Any) -> tuple[bytes, dict[str, Any]]:
     """Return the body and properties of the copy a replay publishes for a dead letter.
 
     The same body and properties, persistent and without an expiration (a replay must not vanish
-    unrun); the headers less what belonged to its earlier runs (`_DROPPED`), with the replay counted
-    in `x-tchu-replayed`. The topic stays in `x-tchu-topic`, which the worker trusts on what reaches
-    its queue by the default exchange.
+    unrun); the headers a copy carries (`outgoing.carried`: never `CC` or `BCC`) less what belonged
+    to its earlier runs (`_DROPPED`), with the replay counted in `x-tchu-replayed`. The topic stays
+    in `x-tchu-topic`, which the worker trusts on a copy marked as its own (`app_id`, and `user_id`
+    = the worker's login: `DeadQueue` publishes with its own login, so a replay must log in as the
+    service does, or the worker dead-letters the copy again as `UntrustedCopy`).
     """
     props = dict(message.properties)
-    headers = dict(props.pop("application_headers", None) or {})
+    ours = props.get("app_id") == wire.COPY_APP_ID  # a worker's dead letter, not a publisher's message
+    headers = carried(props.pop("application_headers", None), trusted=ours)
     replays = _count(headers.get(HEADER_REPLAYED))
     strip_stale(headers)
     for name in _DROPPED:
         headers.pop(name, None)
     headers[HEADER_REPLAYED] = replays + 1
     props.pop("expiration", None)
-    props.update(delivery_mode=2, application_headers=headers)
+    props.update(delivery_mode=2, application_headers=encodable(headers), app_id=wire.COPY_APP_ID)
     return bytes(message.body), props
 
 

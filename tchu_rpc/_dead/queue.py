@@ -124,7 +124,8 @@ class DeadQueue:
         self._held.clear()
 
     def _publish(self, body: bytes, properties: dict[str, Any], queue: str) -> None:
-        message = amqp.Message(body, **properties)
+        # RabbitMQ refuses a `user_id` other than the publisher's login: a letter's is the worker's.
+        message = amqp.Message(body, **{**properties, "user_id": self._conn.userid})
         self._channel.basic_publish(message, exchange="", routing_key=queue, mandatory=True)
 
     def _commit(self) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from tchu_rpc import wire
 from tchu_rpc.delivery import Delivery
 from tchu_rpc.registry import Kind
+
+#: Set in a delivery's `delivery_info` once `trusted_copy` has found it to be the worker's own copy.
+_TRUSTED: Final = "tchu_trusted_copy"
 
 
 def previous_deliveries(message: Any, *, classic: bool) -> int:
@@ -34,10 +37,45 @@ def topic_of(message: Any) -> str:
 
 
 def republished(message: Any) -> bool:
-    # Publishers go through the calls and events exchanges; only the worker's own copies reach its
-    # queues by the default exchange. Trusting a topic header on anything else would let a publisher
-    # allowed one routing key (RabbitMQ topic permissions) reach the handler of another.
-    return bool(message.delivery_info.get("exchange") == "")
+    """Tell whether `message` is a copy this worker made (see `trusted_copy`): its headers are ours."""
+    return bool(message.delivery_info.get(_TRUSTED))
+
+
+def user_of(message: Any) -> str | None:
+    """Return the `user_id` RabbitMQ checked when `message` (or the original of our copy) was published."""
+    if republished(message):
+        user = (message.headers or {}).get(wire.HEADER_USER_ID)
+        return user if isinstance(user, str) else None
+    user = message.properties.get("user_id")
+    return user if isinstance(user, str) else None
+
+
+def trusted_copy(message: Any, login: str | None) -> str | None:
+    """Mark a delivery that came by the default exchange as the worker's own copy, or say why not.
+
+    Returns None for a message that came through an exchange or is our copy, else the reason it is
+    refused. Publishers go through the calls and events exchanges; the worker's copies (dead
+    letters, retries, counted redeliveries, replays) come back by the default exchange, carrying a
+    topic, counts and a caller's identity in headers. Anyone allowed to write to the default exchange
+    can publish into the queue too, so a copy must also say `app_id` = `wire.COPY_APP_ID` with
+    `user_id` = this worker's login: RabbitMQ refuses a `user_id` that is not the publisher's own
+    login, so only a client logged in as the worker can make one. Trusting a topic header on anything
+    else would let a publisher allowed one routing key (RabbitMQ topic permissions) reach the
+    handler of another, and reset a poison message's delivery count.
+    """
+    info = message.delivery_info
+    if info.get("exchange") != "":
+        return None
+    props = message.properties
+    user = props.get("user_id")
+    if props.get("app_id") == wire.COPY_APP_ID and user == login:
+        info[_TRUSTED] = True
+        return None
+    return (
+        f"published into the queue by the default exchange (user {user!r}, app_id "
+        f"{props.get('app_id')!r}), not as this worker's own copy (user {login!r}); "
+        "publish through the calls or events exchange, and replay dead letters with the service's login"
+    )
 
 
 def delivery_of(kind: Kind, message: Any, received: float | None = None) -> Delivery:
@@ -67,7 +105,7 @@ def delivery_of(kind: Kind, message: Any, received: float | None = None) -> Deli
         headers=headers,
         caller_headers=_json_header(headers, wire.HEADER_HEADERS),
         context=_json_header(headers, wire.HEADER_CONTEXT),
-        user_id=props.get("user_id"),
+        user_id=user_of(message),
     )
 
 

@@ -1,12 +1,41 @@
-"""Publish arguments of what a worker sends for a delivery: replies, progress and copies of it."""
+"""Publish arguments of what a worker sends for a delivery: replies, progress and copies of it.
+
+What a copy carries (a dead letter, a retry, a counted redelivery, a replay): the original's body,
+its message id, correlation id, reply address, content type and encoding, and of its headers only
+what `carried` allows: tchu_rpc's own `x-tchu-*` headers and the application's headers. Never
+`CC` or `BCC` (RabbitMQ would route the copy to the queues they name: back into the service's own
+queue, a loop, or into another service's queue as if this worker had sent it), nor any other `x-`
+header (the broker's and plugins' own: `x-death`, `x-delivery-count`, `x-delay`, ...), nor a
+header whose name is not text or whose value py-amqp cannot encode again. The copy's `app_id` is
+`wire.COPY_APP_ID` and its `user_id` the worker's login (RabbitMQ checks it), which together mark
+it as the worker's own (`messages.trusted_copy`); the original's checked `user_id` travels in
+`x-tchu-user-id`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
+
+from amqp.serialization import dumps
 
 from tchu_rpc import topology, wire
 from tchu_rpc._amqp.properties import printable
-from tchu_rpc._worker.messages import topic_of
+from tchu_rpc._worker.messages import republished, topic_of, user_of
+
+#: Headers that only a copy made by this worker may set: on anything else they are a publisher's
+#: claim, and dropped from its copies.
+TRUSTED_ONLY: Final = frozenset(
+    {
+        wire.HEADER_TOPIC,
+        wire.HEADER_DELIVERIES,
+        wire.HEADER_USER_ID,
+        wire.HEADER_RETRY_HANDLER,
+        wire.HEADER_ATTEMPT,
+        wire.HEADER_ATTEMPT_ERRORS,
+    }
+)
+_ROUTING: Final = frozenset({"cc", "bcc"})
 
 
 def answer(message: Any, body: bytes, content_type: str, service: str) -> dict[str, Any]:
@@ -27,11 +56,17 @@ def answer(message: Any, body: bytes, content_type: str, service: str) -> dict[s
     )
 
 
-def copy(message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """Return the publish arguments of a copy of `message` to `queue`, with `extra` headers."""
+def copy(message: Any, queue: str, extra: dict[str, Any], login: str | None) -> dict[str, Any]:
+    """Return the publish arguments of a copy of `message` to `queue`, with `extra` headers.
+
+    `login` is the user name of the connection that publishes it (its `user_id`, checked by RabbitMQ).
+    """
     props = message.properties
-    headers = dict(message.headers or {})
+    headers = carried(message.headers, trusted=republished(message))
     headers[wire.HEADER_TOPIC] = topic_of(message)
+    user = user_of(message)
+    if user is not None:
+        headers[wire.HEADER_USER_ID] = printable(user)
     headers.update(extra)
     # printable: a malformed message's properties may hold bytes that are not UTF-8 (`properties`)
     return dict(
@@ -40,10 +75,49 @@ def copy(message: Any, queue: str, extra: dict[str, Any]) -> dict[str, Any]:
         routing_key=queue,
         mandatory=True,
         delivery_mode=props.get("delivery_mode") or 2,
-        headers=headers,
+        headers=encodable(headers),
         message_id=printable(props.get("message_id")),
         correlation_id=printable(props.get("correlation_id")),
         reply_to=printable(props.get("reply_to")),
         content_type=printable(message.content_type or "application/octet-stream"),
         content_encoding=printable(message.content_encoding or "binary"),
+        app_id=wire.COPY_APP_ID,
+        user_id=login,
     )
+
+
+def carried(headers: Mapping[Any, Any] | None, *, trusted: bool) -> dict[str, Any]:
+    """Return the headers of an original that a copy of it carries (see the module).
+
+    `trusted`: the original is itself a copy of ours, whose `TRUSTED_ONLY` headers may be kept.
+    """
+    if not headers:
+        return {}
+    return {
+        name: value
+        for name, value in headers.items()
+        if isinstance(name, str) and _carried(name.lower()) and (trusted or name not in TRUSTED_ONLY)
+    }
+
+
+def _carried(lower: str) -> bool:
+    if lower.startswith("x-"):
+        return lower.startswith("x-tchu-")
+    return lower not in _ROUTING
+
+
+def encodable(headers: dict[str, Any]) -> dict[str, Any]:
+    """Return `headers` less those py-amqp cannot encode again (a decimal it decoded, say)."""
+    try:
+        dumps("F", (headers,))
+    except Exception:
+        return {name: value for name, value in headers.items() if _encodes(name, value)}
+    return headers
+
+
+def _encodes(name: str, value: Any) -> bool:
+    try:
+        dumps("F", ({name: value},))
+    except Exception:
+        return False
+    return True

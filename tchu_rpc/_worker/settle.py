@@ -64,6 +64,8 @@ class Settler:
         self.relay = Relay(service, settings, self.returned)  # for replies to callers on other nodes
         self._handoff = handoff  # runs a command on the I/O thread (the relay calls back on its own)
         self.node: str | None = None  # of direct reply-to addresses on the node we are connected to
+        #: The connection's login: the `user_id` of our copies, which marks them as ours (`outgoing`).
+        self.login: str | None = None
         self._here: dict[str, bool] = {}  # reply address -> on that node
         self.inflight = 0
         #: Notified when nothing is in flight any more (and by the worker when it stops consuming).
@@ -144,6 +146,7 @@ class Settler:
     def connected(self, conn: Connection, timeout: float) -> None:
         """Learn the node `conn`, a new connection, reached: replies to callers there go on it."""
         amqp_conn = is_amqp(conn)
+        self.login = conn.userid if amqp_conn else None
         self.node = own_node(conn, timeout) if amqp_conn else None
         self._here.clear()
         if self.node is None and amqp_conn:
@@ -180,7 +183,8 @@ class Settler:
         logger.warning("message_dead_lettered", service=self.service, reason=reason, **describe(message))
         headers = {wire.HEADER_ERROR: reason[:1000], **(extra or {})}
         # When it was dead-lettered (`tchu-rpc dead` shows its age).
-        return {**outgoing.copy(message, f"{self.service}.dead", headers), "timestamp": int(time.time())}
+        send = outgoing.copy(message, f"{self.service}.dead", headers, self.login)
+        return {**send, "timestamp": int(time.time())}
 
     def retry_copy(self, message: Any, rescheduled: retries.Rescheduled) -> dict[str, Any]:
         """Return the publish arguments of an event's copy to the delay queue of its handler's retry.
@@ -197,7 +201,7 @@ class Settler:
             queue=queue,
             **describe(message),
         )
-        send = outgoing.copy(message, queue, rescheduled.headers())
+        send = outgoing.copy(message, queue, rescheduled.headers(), self.login)
         retries.strip_stale(send["headers"])
         return {**send, "delivery_mode": 2, "expiration": rescheduled.wait}
 
@@ -213,8 +217,8 @@ class Settler:
         remaining = (message.headers or {}).get(wire.HEADER_TIMEOUT)
         if job.kind == "call" and isinstance(remaining, int | float) and not isinstance(remaining, bool):
             extra[wire.HEADER_TIMEOUT] = left = remaining - (time.monotonic() - job.received)
-            return {**outgoing.copy(message, queue, extra), "expiration": max(left, 0.001)}
-        return outgoing.copy(message, queue, extra)
+            return {**outgoing.copy(message, queue, extra, self.login), "expiration": max(left, 0.001)}
+        return outgoing.copy(message, queue, extra, self.login)
 
     def abandon(self, job: Job) -> None:
         """Give up on `job`: its connection is gone, and the broker redelivers it."""

@@ -127,7 +127,7 @@ def _put_dead(tchu: TchuFactory, name: str, body: Any, headers: dict[str, Any], 
             content_type=wire.JSON,
             content_encoding="utf-8",
             delivery_mode=2,
-            **properties,
+            **{"app_id": wire.COPY_APP_ID, **properties},
         )
 
 

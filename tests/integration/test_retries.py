@@ -235,3 +235,29 @@ def test_retry_headers_from_a_publisher_are_not_trusted(
     assert first.wait_runs(1) and second.wait_runs(1)
     assert first.attempts == [3] and second.attempts == [3]  # the handlers see the headers, nothing more
     assert not first.wait_runs(2, timeout=0.3)
+
+
+def test_a_retried_handler_sees_the_identity_the_broker_checked_on_the_first_publish(
+    tchu: TchuFactory, start: Callable[..., Worker]
+) -> None:
+    # Given a handler that fails once and records who published what it runs
+    users: list[str | None] = []
+    done = threading.Event()
+
+    def handler(data: Any) -> None:
+        delivery = current_delivery()
+        users.append(delivery.user_id if delivery else "?")
+        if len(users) == 1:
+            raise ConnectionError("down")
+        done.set()
+
+    registry = Registry()
+    registry.add("order.created", handler, retry=Retry(attempts=2, first_delay=0.05))
+    start(registry)
+    # When a client logged in as the broker's user publishes an event
+    client = tchu.client()
+    client.publish("order.created", {"id": 1})
+    # Then its retry (a copy the worker published with its own login) still says who sent it
+    assert done.wait(10)
+    login = Connection(tchu.broker_url).userid
+    assert users == [login, login]

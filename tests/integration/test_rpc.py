@@ -20,6 +20,7 @@ from tchu_rpc import (
     RemoteError,
     RpcError,
     current_delivery,
+    wire,
 )
 from tchu_rpc.testing import TchuFactory
 
@@ -281,6 +282,8 @@ def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: Tchu
             reply_to=replies,
             correlation_id="poison-1",
             headers={"x-tchu-deliveries": 3, "x-tchu-topic": "rpc.poison"},
+            app_id=wire.COPY_APP_ID,  # a worker's own copy: marked, and published with its login
+            user_id=conn.userid,
         )
         reply = _get_one(conn, replies)
         dead = _get_one(conn, f"{worker.service}.dead")
@@ -289,6 +292,48 @@ def test_call_delivered_up_to_the_limit_is_dead_lettered_and_answered(tchu: Tchu
     assert runs == []
     assert "delivery limit" in dead.headers["x-tchu-error"]
     assert dead.headers["x-tchu-topic"] == "rpc.poison"
+
+
+@pytest.mark.parametrize("marks", [{}, {"app_id": wire.COPY_APP_ID}], ids=["unmarked", "no-user-id"])
+def test_copies_forged_by_the_default_exchange_are_refused(tchu: TchuFactory, marks: dict[str, Any]) -> None:
+    # A publisher allowed on the default exchange must not reach a handler by naming its topic in a
+    # header, nor reset a poison message's count: a copy of the worker's says app_id and its login.
+    ran: list[str] = []
+    registry = Registry()
+
+    @registry.subscribe("rpc.admin.wipe")
+    def admin(data: Any) -> Any:
+        ran.append("admin")
+        return "wiped"
+
+    worker = tchu.worker(registry)
+    with Connection(tchu.broker_url) as conn:
+        channel = conn.channel()
+        replies = channel.queue_declare(f"tchu.reply.{uuid.uuid4().hex}", exclusive=True).queue
+        # Given a request put straight into the calls queue, dressed as the worker's copy
+        conn.Producer().publish(
+            b'"now"',
+            exchange="",
+            routing_key=f"{worker.service}.calls",
+            content_type="application/json",
+            content_encoding="utf-8",
+            reply_to=replies,
+            correlation_id="forged-2",
+            headers={"x-tchu-topic": "rpc.admin.wipe", "x-tchu-user-id": "admin"},
+            **marks,
+        )
+        reply = _get_one(conn, replies)
+        dead = _get_one(conn, f"{worker.service}.dead")
+    # Then the handler did not run, the caller is told why, and one dead letter says so
+    assert ran == []
+    assert "UntrustedCopy" in reply.body
+    assert dead.headers["x-tchu-error"].startswith("UntrustedCopy: published into the queue by the default")
+    # and the letter carries none of the publisher's claims: no topic, no identity
+    assert dead.headers["x-tchu-topic"] == f"{worker.service}.calls"
+    assert "x-tchu-user-id" not in dead.headers
+    assert (dead.properties["app_id"], dead.properties["user_id"]) == (wire.COPY_APP_ID, conn.userid)
+    # And an ordinary call is answered right after
+    assert tchu.client().call("rpc.admin.wipe", {}, timeout=5) == "wiped"
 
 
 def test_worker_on_quorum_queues_answers_calls(tchu: TchuFactory) -> None:

@@ -111,3 +111,102 @@ def test_printable_cuts_a_spelled_out_property_to_fit_a_short_string() -> None:
 
     assert len(spelled.encode()) <= properties.MAX_SHORTSTR
     assert spelled.startswith("\\xff\\xff") and spelled.endswith("...")
+
+
+# -- header tables py-amqp cannot turn into Python ---------------------------------------------
+def _shortstr(value: bytes) -> bytes:
+    return bytes((len(value),)) + value
+
+
+def _table(*entries: bytes, claimed: int | None = None) -> bytes:
+    """A field table of raw entries (key, type, value), claiming `claimed` bytes (default: its size)."""
+    body = b"".join(entries)
+    return struct.pack(">I", len(body) if claimed is None else claimed) + body
+
+
+def _entry(key: bytes, kind: bytes, value: bytes) -> bytes:
+    return _shortstr(key) + kind + value
+
+
+def _with_headers(table: bytes, correlation_id: bytes = b"c-1") -> bytes:
+    """Basic properties: content type, headers = `table` (raw), correlation id."""
+    flags = 0x8000 | 0x2000 | 0x0400
+    return struct.pack(">H", flags) + _shortstr(b"application/json") + table + _shortstr(correlation_id)
+
+
+def _nested(depth: int) -> bytes:
+    value = _table(_entry(b"leaf", b"t", b"\x01"))
+    for _ in range(depth):
+        value = _table(_entry(b"n", b"F", value))
+    return value
+
+
+_MS_AS_SECONDS = struct.pack(">Q", 1_700_000_000_000)  # milliseconds written as seconds: year 55840
+#: name -> (the table, the field its reason names)
+HOSTILE_TABLES = {
+    "timestamp past 9999": (
+        _table(_entry(b"ok", b"t", b"\x01"), _entry(b"sent", b"T", _MS_AS_SECONDS)),
+        "sent",
+    ),
+    "unknown field type": (_table(_entry(b"odd", b"Z", b"\x00\x00")), "odd"),
+    "deep nesting": (_table(_entry(b"deep", b"F", _nested(3000))), "deep"),
+    "array with a bad item": (
+        _table(_entry(b"list", b"A", struct.pack(">I", 9) + b"T" + _MS_AS_SECONDS)),
+        "list",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_TABLES)
+def test_a_header_table_py_amqp_cannot_decode_is_dropped_and_named(name: str) -> None:
+    table, key = HOSTILE_TABLES[name]
+    buf = _with_headers(table)
+    with pytest.raises(Exception):  # noqa: B017 - py-amqp raises whatever its parse meets
+        serialization.decode_properties_basic(buf, 0)
+
+    props, offset = properties.decode(buf, 0)
+
+    # Then the other properties are read, the table is dropped whole, and the reason names the field
+    assert offset == len(buf)
+    assert props["content_type"] == "application/json" and props["correlation_id"] == "c-1"
+    headers = props["application_headers"]
+    assert list(headers) == [properties.MALFORMED]
+    assert headers[properties.MALFORMED].startswith(f"header {key!r} cannot be decoded: ")
+
+
+def test_a_header_table_longer_than_its_frame_is_reported_and_what_follows_is_not_guessed() -> None:
+    buf = _with_headers(_table(_entry(b"a", b"t", b"\x01"), claimed=10_000))
+    props, _ = properties.decode(buf, 0)
+    assert props["content_type"] == "application/json"
+    assert "correlation_id" not in props
+    assert "more than its frame holds" in props["application_headers"][properties.MALFORMED]
+
+
+@pytest.mark.parametrize("name", HOSTILE_TABLES)
+def test_a_tolerant_connection_delivers_a_message_with_a_hostile_header_table(name: str) -> None:
+    # Given a tolerant connection's frame handler
+    delivered: list[Any] = []
+    conn = _connection(delivered)
+    properties.tolerate(conn)
+    # When a message with that table arrives, then a valid one
+    _deliver(conn.on_inbound_frame, _with_headers(HOSTILE_TABLES[name][0]))
+    _deliver(conn.on_inbound_frame, _frame(content_type="application/json"))
+    # Then both are delivered, the first marked, the second as sent
+    bad, good = delivered
+    assert properties.MALFORMED in bad.properties["application_headers"]
+    assert bad.body == b"body"
+    assert good.properties == {"content_type": "application/json"}
+
+
+def test_a_consumer_callback_that_raises_is_not_taken_for_a_bad_header() -> None:
+    # A body-less message is handed to the consumer while its header is read: its error is its own.
+    conn = SimpleNamespace(bytes_recv=0)
+
+    def callback(*_: Any) -> None:
+        raise LookupError("the consumer's own bug")
+
+    conn.on_inbound_frame = frame_handler(conn, callback)
+    properties.tolerate(conn)
+    conn.on_inbound_frame((1, 1, struct.pack(">HH", 60, 60)))
+    with pytest.raises(LookupError):
+        conn.on_inbound_frame((2, 1, struct.pack(">HHQ", 60, 0, 0) + _frame(content_type="a")))

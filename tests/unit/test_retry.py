@@ -10,6 +10,7 @@ import pytest
 from tchu_rpc import topology, wire
 from tchu_rpc._worker import retries
 from tchu_rpc._worker.dispatch import Dispatcher, EventOutcome
+from tchu_rpc._worker.messages import trusted_copy
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ArgumentTypeError, ConfigError, RegistryError
 from tchu_rpc.registry import Registry
@@ -214,13 +215,16 @@ def test_the_dead_letter_reason_keeps_every_runs_error_within_its_room() -> None
 
 # -- dispatching --------------------------------------------------------------------------------
 def _event(headers: dict[str, Any] | None = None, exchange: str = "tchu_events") -> Any:
-    return SimpleNamespace(
+    """An event as published (through `exchange`), or the worker's own copy (`exchange=""`)."""
+    message = SimpleNamespace(
         body=b'{"id":1}',
         content_type=wire.JSON,
         headers=headers or {},
-        properties={"message_id": "m1"},
+        properties={"message_id": "m1", "app_id": wire.COPY_APP_ID, "user_id": "svc"},
         delivery_info={"exchange": exchange, "routing_key": "order.created", "delivery_tag": 1},
     )
+    assert trusted_copy(message, "svc") is None
+    return message
 
 
 def _dispatcher(*handlers: tuple[Flaky, Retry | None]) -> Dispatcher:
