@@ -14,7 +14,7 @@ from typing import Any, cast
 from tchu_rpc import reply_cache, topology, wire
 from tchu_rpc._worker import legacy, retries
 from tchu_rpc._worker.invoke import invoke
-from tchu_rpc._worker.messages import delivery_of, describe, republished
+from tchu_rpc._worker.messages import delivery_of, describe, republished, topic_of, user_of
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.delivery import Delivery
@@ -83,15 +83,17 @@ class Dispatcher:
             logger.warning("request_refused", service=self.service, reason=reason, **describe(message))
             return Outcome(dead_reason=f"BadReplyTo: {reason}")
         cache, message_id = self.cache, message.properties.get("message_id")
-        if cache is None or not message_id:
-            return self._call(message, report, received)
-        cached = reply_cache.lookup(cache, message_id, {"service": self.service, **describe(message)})
+        if cache is None or not message_id or not _answerable(message):
+            return self._call(message, report, received)  # nobody to answer: `_call` says so
+        key = reply_cache.key_of(self.service, topic_of(message), user_of(message), message_id, message.body)
+        about = {"service": self.service, "message_id": message_id, **describe(message)}
+        cached = reply_cache.lookup(cache, key, about)
         if cached is not None:
             return Outcome(reply=cached[0], content_type=cached[1])
         outcome = self._call(message, report, received)
         if outcome.cacheable and outcome.reply is not None:
             # Stored before the reply is published, so a crash between reply and ack is covered.
-            reply_cache.store(cache, message_id, outcome.reply, outcome.content_type, self.cache_ttl)
+            reply_cache.store(cache, key, outcome.reply, outcome.content_type, self.cache_ttl)
         return outcome
 
     def _call(self, message: Any, report: Callable[[Any], bool] | None, received: float | None) -> Outcome:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from kombu import Connection, Consumer, Producer, Queue
 from structlog.testing import capture_logs
 
-from tchu_rpc import RedisReplyCache, Registry, ReplyCache, wire
+from tchu_rpc import RedisReplyCache, Registry, ReplyCache, reply_cache, wire
 from tchu_rpc.testing import TchuFactory
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+ITEM = b'{"item": 1}'
 HOW_TO_START = (
     "No Redis on 127.0.0.1:6379 for the reply cache tests: start one (`redis-server --daemonize yes`)"
 )
@@ -60,8 +63,10 @@ def counting_registry(runs: list[Any]) -> Registry:
     return registry
 
 
-def deliver_twice(tchu: TchuFactory, topic: str, message_id: str) -> list[tuple[Any, str]]:
-    """Publish one request twice with the same message id; return both replies (body, correlation id)."""
+def deliver_twice(
+    tchu: TchuFactory, topic: str, message_id: str, bodies: tuple[bytes, bytes] = (b'{"item": 1}',) * 2
+) -> list[tuple[Any, str]]:
+    """Publish two requests with the same message id; return both replies (body, correlation id)."""
     replies: list[tuple[Any, str]] = []
     both = threading.Event()
     with Connection(tchu.broker_url) as conn:
@@ -77,9 +82,9 @@ def deliver_twice(tchu: TchuFactory, topic: str, message_id: str) -> list[tuple[
 
         with Consumer(channel, queues=[reply_queue], no_ack=True, on_message=on_reply):
             producer = Producer(channel)
-            for _ in range(2):
+            for body in bodies:
                 producer.publish(
-                    b'{"item": 1}',
+                    body,
                     exchange=tchu.settings.calls_exchange,
                     routing_key=topic,
                     message_id=message_id,
@@ -109,7 +114,64 @@ def test_a_request_delivered_twice_runs_its_handler_once(tchu: TchuFactory, cach
     assert replies == [(expected, message_id), (expected, message_id)]
     [hit] = [entry for entry in logs if entry["event"] == "reply_from_cache"]
     assert hit["message_id"] == message_id
-    assert cache.get(message_id) == (expected, wire.JSON)
+    assert cache.get(_key(tchu, "rpc.orders.create", message_id, ITEM)) == (expected, wire.JSON)
+
+
+def _key(tchu: TchuFactory, topic: str, message_id: str, body: bytes) -> str:
+    # `deliver_twice` publishes without a user_id
+    return reply_cache.key_of(f"{tchu.prefix}.svc", topic, None, message_id, body)
+
+
+def test_one_message_id_with_another_body_is_not_answered_from_the_cache(
+    tchu: TchuFactory, cache: RedisReplyCache
+) -> None:
+    # Given a caching worker
+    runs: list[Any] = []
+    tchu.worker(counting_registry(runs), reply_cache=cache)
+    # When two calls share a message id (the publisher chooses it) but not their bodies
+    replies = deliver_twice(tchu, "rpc.orders.create", "mine", (b'{"item": 1}', b'{"item": 2}'))
+    # Then each ran, and the second caller got its own result, not the first one's
+    assert runs == [{"item": 1}, {"item": 2}]
+    assert [msgspec.json.decode(body)["result"] for body, _ in replies] == [{"order": 1}, {"order": 2}]
+
+
+def test_a_cached_message_id_without_a_reply_address_is_dead_lettered_and_the_worker_serves_on(
+    tchu: TchuFactory, cache: RedisReplyCache
+) -> None:
+    # Given a caching worker that answered a call
+    runs: list[Any] = []
+    worker = tchu.worker(counting_registry(runs), reply_cache=cache)
+    message_id = uuid.uuid4().hex
+    deliver_twice(tchu, "rpc.orders.create", message_id)
+    # When a request with the same message id and body but no reply address arrives
+    with Connection(tchu.broker_url) as conn:
+        Producer(conn.channel()).publish(
+            b'{"item": 1}',
+            exchange=tchu.settings.calls_exchange,
+            routing_key="rpc.orders.create",
+            message_id=message_id,
+            content_type=wire.JSON,
+            content_encoding="utf-8",
+        )
+        # Then it is dead-lettered (nobody to answer), and the worker keeps serving on one connection
+        dead = _get_dead(conn, f"{worker.service}.dead")
+    assert "nobody to answer" in dead.headers[wire.HEADER_ERROR]
+    generation = worker._loop.generation
+    assert tchu.client().call("rpc.orders.create", {"n": 2}, timeout=5) == {"order": 2}
+    assert worker._loop.generation == generation
+    worker.stop(timeout=5)
+    assert worker._settler.inflight == 0
+
+
+def _get_dead(conn: Connection, queue: str, within: float = 10.0) -> Any:
+    """Return the first message consumed from `queue`; a drain past `within` s raises a timeout."""
+    got: list[Any] = []
+    consumer = Consumer(conn.channel(), [Queue(queue, no_declare=True)], no_ack=True, on_message=got.append)
+    with consumer:
+        deadline = time.monotonic() + within
+        while not got:
+            conn.drain_events(timeout=max(0.01, deadline - time.monotonic()))
+    return got[0]
 
 
 def test_error_replies_are_not_cached(tchu: TchuFactory, cache: RedisReplyCache) -> None:
@@ -119,7 +181,7 @@ def test_error_replies_are_not_cached(tchu: TchuFactory, cache: RedisReplyCache)
     replies = deliver_twice(tchu, "rpc.orders.fail", message_id)
     assert len(runs) == 2  # a retry of a failed call may succeed: it runs again
     assert all(b"try again" in body for body, _ in replies)
-    assert cache.get(message_id) is None
+    assert cache.get(_key(tchu, "rpc.orders.fail", message_id, ITEM)) is None
 
 
 def test_a_client_call_through_a_caching_worker_returns_the_result(
@@ -163,6 +225,6 @@ def test_a_worker_makes_its_cache_from_the_reply_cache_url(
     try:
         replies = deliver_twice(tchu, "rpc.orders.create", message_id)
     finally:
-        redis_client.delete(f"tchu_rpc:reply:{message_id}")
+        redis_client.delete("tchu_rpc:reply:" + _key(tchu, "rpc.orders.create", message_id, ITEM))
     assert runs == [{"item": 1}]
     assert replies[0] == replies[1]
