@@ -134,7 +134,7 @@ class Dispatcher:
         A retry copy (`_worker.retries`) runs only the handler it names: its siblings ran already.
         """
         if self.accept_tchu_tchu:
-            message, refused = legacy.native_event(message)
+            message, refused = legacy.native_event(message, self.limit)
             if refused is not None:
                 return cast(Outcome, refused)
         return self._event(message)

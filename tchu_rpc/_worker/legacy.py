@@ -46,7 +46,7 @@ import msgspec
 
 from tchu_rpc import wire
 from tchu_rpc._worker.invoke import invoke
-from tchu_rpc._worker.messages import delivery_of, describe
+from tchu_rpc._worker.messages import delivery_of, describe, topic_of
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
 from tchu_rpc.log import logger
 
@@ -72,12 +72,16 @@ class _NotTchuTchu(Exception):
     """The message looked like tchu-tchu's but is not a task message of its dispatcher."""
 
 
-def recognize(message: Any) -> Task | None:
+def recognize(message: Any, limit: int) -> Task | None:
     """Return the tchu-tchu task `message` carries, or None when it is not tchu-tchu's.
+
+    A body over `limit` bytes is not looked into: the native path refuses it for its size.
 
     Raises:
         DecodeError: it names tchu-tchu's task but its body is not what tchu-tchu sends.
     """
+    if len(message.body) > limit:
+        return None
     headers = message.headers or {}
     task_header = headers.get("task")
     if task_header is not None:
@@ -117,8 +121,17 @@ def _v1(message: Any) -> Task:
 
 
 def _topic(message: Any, kwargs: Any) -> str:
+    """Return the task's topic: the one it was routed by, which tchu-tchu also writes in its body.
+
+    The body's word is not taken: RabbitMQ's topic permissions check the routing key, so a publisher
+    allowed one topic could otherwise reach the handler of any other.
+    """
+    routed = topic_of(message)
     key = kwargs.get("routing_key") if isinstance(kwargs, dict) else None
-    return key if isinstance(key, str) else str(message.delivery_info.get("routing_key", ""))
+    if key is not None and key != routed:
+        named = key[:100] if isinstance(key, str) else type(key).__name__
+        raise DecodeError(f"tchu-tchu task message for topic {named!r} in its body, routed as {routed!r}")
+    return routed
 
 
 def _task(task_id: Any, topic: str, raw: Any) -> Task:
@@ -155,11 +168,14 @@ def event(dispatcher: Any, message: Any, received: float | None) -> Any:
 
     if dispatcher.accept_tchu_tchu:
         try:
-            task = recognize(message)
+            task = recognize(message, dispatcher.limit)
         except DecodeError:
             task = None  # `dispatcher.event` dead-letters it, saying why
-        if task is not None and dispatcher.registry.match(task.topic, "call"):
-            return call(dispatcher, task, message, received)
+        registry = dispatcher.registry
+        if task is not None and (
+            registry.match(task.topic, "call") or not registry.match(task.topic, "event")
+        ):
+            return call(dispatcher, task, message, received)  # answered, also when nothing handles it
         other = (message.headers or {}).get("task")
         if task is None and isinstance(other, str) and other != TASK:
             reason = f"a Celery task message of {other!r}: tchu_rpc runs only {TASK!r}"
@@ -172,18 +188,18 @@ def recognized_call(dispatcher: Any, message: Any, received: float | None) -> An
     from tchu_rpc._worker.dispatch import Outcome  # dispatch imports this module
 
     try:
-        task = recognize(message)
+        task = recognize(message, dispatcher.limit)
     except DecodeError as exc:  # its reply_to is not ours to trust: no answer
         return Outcome(dead_reason=f"DecodeError: {exc}")
     return None if task is None else call(dispatcher, task, message, received)
 
 
-def native_event(message: Any) -> tuple[Any, Any]:
+def native_event(message: Any, limit: int) -> tuple[Any, Any]:
     """Return a tchu-tchu event as a native one, with None; or the message and why it is refused."""
     from tchu_rpc._worker.dispatch import Outcome  # dispatch imports this module
 
     try:
-        task = recognize(message)
+        task = recognize(message, limit)
     except DecodeError as exc:
         return message, Outcome(dead_reason=f"DecodeError: {exc}")
     return (message, None) if task is None else (as_event(message, task), None)
@@ -228,10 +244,11 @@ def call(dispatcher: Any, task: Task, message: Any, received: float | None) -> A
             results.append({"handler": name, "status": "error", "error": reply.error.message})
         else:
             results.append({"handler": name, "status": "success", "result": reply.result})
+    if not handlers:  # tchu-tchu's dispatcher answers that; its client raises "No handlers found"
+        logger.warning("request_unhandled", service=dispatcher.service, **describe(message))
     if not task.is_rpc or not answerable(message):
         return Outcome()  # a publish to a call topic (3.x) or nobody to answer: run, then ack
     if not handlers:
-        logger.warning("request_unhandled", service=dispatcher.service, **describe(message))
         result: dict[str, Any] = {"status": "no_handlers", "routing_key": task.topic}
     else:
         result = {"status": "completed", "routing_key": task.topic, "is_rpc": True}

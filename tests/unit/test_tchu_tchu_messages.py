@@ -15,6 +15,7 @@ from tchu_rpc.errors import DecodeError
 
 _REPLY_QUEUE = "3f2a6c1e-8d4b-3c2a-9e1f-0a1b2c3d4e5f"
 _TASK_ID = "9b0e1c2d-aaaa-4bbb-8ccc-111122223333"
+LIMIT = 1 << 20
 
 
 def _message(body: Any, headers: dict[str, Any] | None = None, reply_to: str | None = _REPLY_QUEUE) -> Any:
@@ -37,12 +38,12 @@ def _v2(payload: dict[str, Any], **kw: Any) -> Any:
 
 
 def test_recognize_reads_a_2x_message_as_a_call() -> None:
-    task = legacy.recognize(_v2({"id": 1}))
+    task = legacy.recognize(_v2({"id": 1}), LIMIT)
     assert task == legacy.Task(_TASK_ID, "rpc.users.get", {"id": 1}, is_rpc=True)
 
 
 def test_recognize_reads_3x_meta_and_drops_it() -> None:
-    task = legacy.recognize(_v2({"id": 1, "_tchu_meta": {"is_rpc": False}}))
+    task = legacy.recognize(_v2({"id": 1, "_tchu_meta": {"is_rpc": False}}), LIMIT)
     assert task is not None and task.payload == {"id": 1} and not task.is_rpc
 
 
@@ -51,10 +52,10 @@ def test_recognize_reads_protocol_v1() -> None:
         "task": legacy.TASK,
         "id": _TASK_ID,
         "args": [json.dumps({"a": 1})],
-        "kwargs": {"routing_key": "x"},
+        "kwargs": {"routing_key": "rpc.users.get"},
     }
-    task = legacy.recognize(_message(body))
-    assert task == legacy.Task(_TASK_ID, "x", {"a": 1}, is_rpc=True)
+    task = legacy.recognize(_message(body), LIMIT)
+    assert task == legacy.Task(_TASK_ID, "rpc.users.get", {"a": 1}, is_rpc=True)
 
 
 @pytest.mark.parametrize(
@@ -62,12 +63,40 @@ def test_recognize_reads_protocol_v1() -> None:
     [({"id": 1}, None), ({"task": "other"}, None), (b"[1]", None), ({"a": 1}, {"task": "other.task"})],
 )
 def test_recognize_leaves_native_messages_alone(body: Any, headers: dict[str, Any] | None) -> None:
-    assert legacy.recognize(_message(body, headers)) is None
+    assert legacy.recognize(_message(body, headers), LIMIT) is None
 
 
 def test_recognize_refuses_a_malformed_tchu_tchu_body() -> None:
     with pytest.raises(DecodeError):
-        legacy.recognize(_message({"not": "a list"}, {"task": legacy.TASK}))
+        legacy.recognize(_message({"not": "a list"}, {"task": legacy.TASK}), LIMIT)
+
+
+@pytest.mark.parametrize("named", ["rpc.admin.wipe", "x" * 10_000, 5])
+def test_the_topic_is_the_routing_key_and_a_body_naming_another_is_refused(named: Any) -> None:
+    # RabbitMQ's topic permissions check the routing key: the body must not pick another handler.
+    body = [[json.dumps({"id": 1})], {"routing_key": named}, {"callbacks": None}]
+    with pytest.raises(DecodeError, match=r"routed as 'rpc\.users\.get'") as refused:
+        legacy.recognize(_message(body, {"task": legacy.TASK}), LIMIT)
+    assert len(str(refused.value)) < 300
+
+
+def test_a_body_over_the_size_limit_is_not_decoded_as_tchu_tchu() -> None:
+    message = _v2({"id": 1, "pad": "x" * 2000})
+    assert legacy.recognize(message, 1000) is None
+    registry = Registry()
+    registry.subscribe("rpc.users.get", kind="event")(lambda data: None)
+    dispatcher = Dispatcher("users", registry, Settings(accept_tchu_tchu=True, max_message_bytes=1000))
+    outcome = dispatcher.event(message)
+    assert outcome.dead_reason is not None and outcome.dead_reason.startswith("MessageTooLarge")
+
+
+def test_a_call_nothing_handles_on_the_events_lane_is_answered_no_handlers_as_tchu_tchu_does() -> None:
+    message = _v2({"id": 1})
+    message.delivery_info["routing_key"] = "rpc.nobody.home"
+    message.body = json.dumps([[json.dumps({"id": 1})], {"routing_key": "rpc.nobody.home"}, {}]).encode()
+    outcome = legacy.event(_dispatcher(), message, None)
+    assert outcome.reply is not None and outcome.dead_reason is None
+    assert json.loads(outcome.reply)["result"] == {"status": "no_handlers", "routing_key": "rpc.nobody.home"}
 
 
 def _dispatcher(accept: bool = True) -> Dispatcher:
