@@ -55,8 +55,8 @@ class DeadLetter:
     message_id: str | None
     correlation_id: str | None
     #: A worker wrote it (`app_id` is `wire.COPY_APP_ID`): only such letters are replayed, since
-    #: their topic and counts are the worker's word, not a publisher's (letters of workers before
-    #: tchu_rpc 0.2 say nothing, and stay until moved by hand).
+    #: their topic and counts are the worker's word, not a publisher's (letters of earlier versions
+    #: say nothing, and stay until moved by hand).
     ours: bool = True
 
 
