@@ -13,12 +13,15 @@ its shell):
 - a channel per queue of the service (`<service>.calls`, `.events`, `.dead`), an AMQP `queue`
   binding, its description naming the exchange and patterns it is bound with.
 
+An operation's `summary` names its handlers, its `description` is their docstrings.
+
 The schemas are msgspec's (`msgspec.json.schema_components`) under `components.schemas`.
 An untyped request or response is `{}`: any JSON value.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import typing
 from collections.abc import Mapping
@@ -114,6 +117,9 @@ class _Builder:
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{m}"} for m in messages],
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
         }
+        described = [doc for h in handlers if (doc := _docstring(h.fn))]
+        if described:
+            operation["description"] = "\n\n".join(described)
         if kind == "call":
             operation["reply"] = self._reply(channel_id, handlers[0])
         self.operations[channel_id] = operation
@@ -165,6 +171,11 @@ class _Builder:
             "operations": self.operations,
             "components": {"schemas": schemas, "messages": self.messages},
         }
+
+
+def _docstring(fn: Any) -> str | None:
+    """Return a handler function's own docstring (not that of a partial's or a callable's class)."""
+    return inspect.getdoc(fn) if inspect.isfunction(fn) or inspect.ismethod(fn) else None
 
 
 def _response_type(handler: Handler) -> Any:

@@ -14,30 +14,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from doc_blocks import DOCS, files
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
-BLOCK = re.compile(r"^```python\n(.*?)^```$", re.DOTALL | re.MULTILINE)
-FILE = re.compile(r"# file: ([\w./-]+\.py)\n")
+PAGE = DOCS / "testing.md"
 #: Nothing listens there: a test that reached for RabbitMQ would fail.
 NO_BROKER = "amqp://guest:guest@127.0.0.1:1//"
-
-
-def _files(page: str) -> dict[str, str]:
-    files = {}
-    for block in BLOCK.findall(page):
-        named = FILE.match(block)
-        assert named, f"a python block of {PAGE.name} does not start with '# file: NAME.py':\n{block[:200]}"
-        files[named.group(1)] = block
-    return files
 
 
 @pytest.mark.timeout(120)
 def test_the_example_service_tests_of_docs_testing_pass_without_a_broker(tmp_path: Path) -> None:
     # Given the page's files in a project folder of their own
-    files = _files(PAGE.read_text(encoding="utf-8"))
-    for name, text in files.items():
+    page = files(PAGE.read_text(encoding="utf-8"))
+    for name, text in page.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
-    tests = sum(len(re.findall(r"^def test_", text, re.MULTILINE)) for text in files.values())
+    tests = sum(len(re.findall(r"^def test_", text, re.MULTILINE)) for text in page.values())
     # When pytest runs them with every broker address pointing nowhere
     env = {**os.environ, "TCHU_RPC_TEST_BROKER_URL": NO_BROKER, "TCHU_RPC_BROKER_URL": NO_BROKER}
     env.pop("PYTHONPATH", None)
