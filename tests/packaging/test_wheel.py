@@ -98,8 +98,8 @@ def test_installed_package_needs_no_test_tools(venv: Path, tmp_path: Path) -> No
     # Given the wheel installed with its runtime dependencies alone
     probe = "import importlib.util as u; print([m for m in ('pytest', 'hypothesis', 'testcontainers', "
     probe += "'mypy') if u.find_spec(m)])"
-    # When the public modules and the CLI are imported
-    code = f"import tchu_rpc.cli, tchu_rpc.demo; {probe}"
+    # When the CLI, the demo, the test broker and the contract export are imported
+    code = f"import tchu_rpc.cli, tchu_rpc.demo, tchu_rpc.testing, tchu_rpc.contrib.asyncapi; {probe}"
     done = _run([str(venv / "bin" / "python"), "-c", code], tmp_path)
     # Then they import, and no test tool came with them
     assert done.returncode == 0, done.stderr
