@@ -12,6 +12,7 @@ from tchu_rpc import topology
 from tchu_rpc._worker import retries
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
+from tchu_rpc.errors import ArgumentTypeError, ConfigError
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Registry, default_registry
 from tchu_rpc.reply_cache import ReplyCache
@@ -39,6 +40,9 @@ class TestBroker:
             at most); the broker URL and exchanges are set here; `overrides` of `client()` and
             `worker()` win.
         retry_delays: on memory://, the factor applied to each retry's wait (0 to 1).
+
+    Raises:
+        ConfigError: `retry_delays` is out of range (`ArgumentTypeError`: not a number).
     """
 
     __test__ = False  # not a test class for pytest, whatever its name
@@ -60,8 +64,12 @@ class TestBroker:
         self._clients: list[Client] = []
         self._workers: list[Worker] = []
         self._services: set[str] = set()
-        in_process = broker_url.startswith(IN_PROCESS)
-        self._delays = DelayQueues(broker_url, retry_delays) if in_process else None
+        if isinstance(retry_delays, bool) or not isinstance(retry_delays, int | float):
+            raise ArgumentTypeError(f"retry_delays must be a number, not {type(retry_delays).__name__}")
+        if not 0 <= retry_delays <= 1:
+            raise ConfigError(f"retry_delays must be from 0 to 1, not {retry_delays!r}")
+        self._retry_delays = retry_delays
+        self._delays: DelayQueues | None = None  # started by the first worker with retries, on memory://
 
     def service(self, name: str) -> str:
         """Return the queue name of the service `name` on this broker (prefixed, unique to it)."""
@@ -98,7 +106,9 @@ class TestBroker:
         )
         self._workers.append(worker)
         worker.start()
-        if self._delays is not None:
+        if self.broker_url.startswith(IN_PROCESS) and retries.delays(registry.handlers):
+            if self._delays is None:
+                self._delays = DelayQueues(self.broker_url, self._retry_delays)
             self._delays.watch(worker.service, registry)
         return worker
 

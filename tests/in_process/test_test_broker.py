@@ -26,6 +26,7 @@ from tchu_rpc import (
     context,
     current_delivery,
 )
+from tchu_rpc.errors import ArgumentTypeError, ConfigError
 from tchu_rpc.testing import TestBroker
 
 WAIT = 5.0
@@ -185,3 +186,14 @@ def test_two_brokers_do_not_see_each_others_messages() -> None:
         first.client().publish("users.deleted", {"from": "first"})
         assert last.wait(WAIT)
     assert seen == ["first"]
+
+
+@pytest.mark.parametrize("factor", [-0.5, 1.5, float("nan")])
+def test_retry_delays_out_of_range_is_a_config_error(factor: float) -> None:
+    with pytest.raises(ConfigError, match="retry_delays"):
+        TestBroker(retry_delays=factor)
+
+
+def test_retry_delays_of_the_wrong_type_is_an_argument_type_error() -> None:
+    with pytest.raises(ArgumentTypeError, match="retry_delays"):
+        TestBroker(retry_delays="skip")  # type: ignore[arg-type]
