@@ -71,7 +71,7 @@ class DelayQueues:
         now = time.monotonic()
         for queue, events in watched:
             while (message := self._channel.basic_get(queue, no_ack=True)) is not None:
-                when = now + self._scale * _wait(message, queue)
+                when = now + self._scale * _wait(message)
                 heapq.heappush(self._due, (when, next(self._order), events, message))
 
     def _send_due(self) -> float:
@@ -94,16 +94,9 @@ class DelayQueues:
         return min(_POLL, self._due[0][0] - now) if self._due else _POLL
 
 
-def _wait(message: Any, queue: str) -> float:
-    """Return a copy's wait in seconds: its own `expiration`, else its delay queue's TTL."""
-    expiration = message.properties.get("expiration")
+def _wait(message: Any) -> float:
+    """Return a copy's wait in seconds: its `expiration` (the worker sets one on every retry copy)."""
     try:
-        return float(expiration) / 1000
+        return float(message.properties.get("expiration")) / 1000
     except (TypeError, ValueError):
-        return _queue_ms(queue) / 1000
-
-
-def _queue_ms(queue: str) -> float:
-    """Return the TTL in ms that `topology.retry_queue_name` wrote into a delay queue's name."""
-    suffix = queue.rsplit(".", 1)[-1]
-    return float(suffix[:-2]) if suffix.endswith("ms") else float(suffix[:-1]) * 1000
+        return 0.0
