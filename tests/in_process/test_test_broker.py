@@ -1,7 +1,7 @@
 """`TestBroker` in-process (memory://): what a service's tests rely on behaves as on RabbitMQ.
 
-No broker: these tests pass with RabbitMQ stopped. tests/integration/test_test_broker.py runs the
-marked variant on the real broker.
+No broker: these tests pass with RabbitMQ stopped. The marked variant on the real broker is
+tests/integration/test_test_broker_on_rabbitmq.py.
 """
 
 from __future__ import annotations
