@@ -1,4 +1,4 @@
-"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, dead, demo, bench)."""
+"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, dead, schema, demo...)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tchu_rpc import dead, demo
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     dead_cmd.add_argument("--json", action="store_true", help="print JSON")
     _broker(dead_cmd)
 
+    schema = sub.add_parser("schema", help="write the AsyncAPI 3.0 document of a service's handlers")
+    schema.add_argument("modules", nargs="+", help="handler modules (dotted names or .py files) to import")
+    schema.add_argument("--queue", help="the service's name (default: the first module's)")
+    schema.add_argument("-o", "--output", metavar="FILE", help="write it there (default: stdout)")
+    schema.add_argument("--title", help="the document's title (default: the service's name)")
+    schema.add_argument("--version", default="0.0.0", help="the contract's version (default 0.0.0)")
+
     demo_cmd = sub.add_parser("demo", help="run the demo (memory:// unless --broker is given)")
     demo_cmd.add_argument("--broker", default="memory://", help="broker URL (default memory://)")
 
@@ -99,7 +107,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return demo.run(args.broker)
     settings = Settings.from_env(
-        broker_url=args.broker,
+        broker_url=getattr(args, "broker", None),
         call_concurrency=getattr(args, "call_threads", None),
         event_concurrency=getattr(args, "event_threads", None),
         event_prefetch=getattr(args, "event_prefetch", None),
@@ -112,6 +120,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         import_handlers(args.modules)  # fail fast here, before spawning children
         return Supervisor(args.modules, args.queue, settings, args.concurrency, args.log_level).run()
+    if args.command == "schema":
+        return _schema(args, settings)
     if args.command == "dead":
         return dead.run(
             args.service,
@@ -128,6 +138,23 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(client.call(args.topic, data, timeout=args.timeout)))
         else:
             client.publish(args.topic, data, timeout=args.timeout)
+    return 0
+
+
+def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    from tchu_rpc.contrib import asyncapi
+    from tchu_rpc.process import import_handlers
+    from tchu_rpc.registry import default_registry
+
+    import_handlers(args.modules)
+    first = args.modules[0]
+    service = args.queue or (Path(first).stem if first.endswith(".py") else first)
+    doc = asyncapi.document({service: default_registry}, settings, title=args.title, version=args.version)
+    text = json.dumps(doc, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -19,7 +19,14 @@ from tchu_rpc.worker import Worker
 USERS = {1: "Ada", 2: "Grace"}
 
 
-def _services(got_event: dict[str, threading.Event]) -> tuple[Registry, Registry]:
+#: The demo's services: queue name -> what `services()` returns in that order.
+SERVICES = ("tchu_demo.users", "tchu_demo.mailer")
+
+
+def services(got_event: dict[str, threading.Event] | None = None) -> tuple[Registry, Registry]:
+    """Return the registries of the services `users` and `mailer`; their event handlers set `got_event`."""
+    if got_event is None:
+        got_event = {"users": threading.Event(), "mailer": threading.Event()}
     users, mailer = Registry(), Registry()
 
     @users.subscribe("rpc.users.get")
@@ -48,11 +55,11 @@ def run(broker_url: str = "memory://", out: Any = print) -> int:
         call_timeout=10,
     )
     got_event = {"users": threading.Event(), "mailer": threading.Event()}
-    users, mailer = _services(got_event)
+    users, mailer = services(got_event)
     out(f"tchu_rpc demo on {mask_url(broker_url)}")
     with (
-        Worker(queue="tchu_demo.users", registry=users, settings=settings),
-        Worker(queue="tchu_demo.mailer", registry=mailer, settings=settings),
+        Worker(queue=SERVICES[0], registry=users, settings=settings),
+        Worker(queue=SERVICES[1], registry=mailer, settings=settings),
         Client(settings=settings) as client,
     ):
         started = time.perf_counter()
@@ -84,6 +91,6 @@ def _cleanup(settings: Settings) -> None:
         return
     with Connection(settings.broker_url, connect_timeout=5) as conn:
         channel = conn.channel()
-        for service in ("tchu_demo.users", "tchu_demo.mailer"):
+        for service in SERVICES:
             for suffix in ("calls", "events", "dead"):
                 channel.queue_delete(f"{service}.{suffix}")
