@@ -90,6 +90,8 @@ class DelayQueues:
                 correlation_id=props.get("correlation_id"),
                 reply_to=props.get("reply_to"),
                 delivery_mode=props.get("delivery_mode") or 2,
+                app_id=props.get("app_id"),  # with user_id, what marks the copy as the worker's own
+                user_id=props.get("user_id"),
             )
         return min(_POLL, self._due[0][0] - now) if self._due else _POLL
 
