@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -213,3 +214,18 @@ def test_configuration_check_fails_for_a_wrong_default_or_variable() -> None:
         "event_prefetch: its variable is TCHU_RPC_EVENT_PREFETCH, not TCHU_RPC_PREFETCH",
         "event_prefetch: documented default '1', real default 10",
     ]
+
+
+# -- the site ---------------------------------------------------------------------------------------
+
+
+def test_the_docs_build_as_a_site_without_warnings(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "site" / "guide" / "index.html").exists()
