@@ -151,6 +151,10 @@ def test_readme_is_a_short_front_door_that_links_every_page() -> None:
     assert len(readme.read_text().splitlines()) < 200
     linked = {(readme.parent / target.partition("#")[0]).resolve() for target in links(readme)}
     assert set(PAGES[1:]) <= linked, "README's list of docs misses a page"
+    quick_start = [b.code for b in blocks(readme) if b.lang == "sh" and "./scripts/" in b.code]
+    assert (
+        quick_start and quick_start[0].startswith("./scripts/demo") and "\n./scripts/test" in quick_start[0]
+    )
 
 
 # -- the configuration reference -------------------------------------------------------------------
