@@ -27,7 +27,7 @@ from tchu_rpc.testing import TchuFactory
 SETTLE_WITHIN = 20.0
 STILL_FOR = 0.5  # seconds the queues must stay unchanged once every message is settled
 #: Labels of the values that break a worker's reading of a message (see `wire_fuzz`).
-HOSTILE = ("T:", "F:2000", "U", "unknown", "nan", "inf", "longer", "CC:string")
+HOSTILE = ("T:", "-deep", "U", "unknown", "nan", "inf", "longer", "CC:string")
 
 
 class Payload(msgspec.Struct, frozen=True):
@@ -93,6 +93,7 @@ class WireService:
         )
 
     def close(self) -> None:
+        self.worker.stop(timeout=5)  # before its proxy goes
         self.publisher.close()
         for queue in (self.names.reply_queue, self.names.bystander):
             self.channel.queue_delete(queue)
