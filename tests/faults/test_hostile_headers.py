@@ -10,31 +10,20 @@ once, with no queue growing; and that a queue named in `CC` holds only the broke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import parse_broker_url
-from proxy import FaultProxy
-from structlog.testing import capture_logs
 from wire_frames import decimal_field, field, nested
 from wire_fuzz import EVENT_TOPIC, JSON, SAME_AS_ID, Built, Draft, build
 from wire_service import WireService, header_string, ids
 
-from tchu_rpc.testing import TchuFactory
-
 PROPERTIES = {"content_type": JSON, "correlation_id": SAME_AS_ID, "message_id": SAME_AS_ID}
 
 
-@pytest.fixture
-def service(tchu: TchuFactory, request: pytest.FixtureRequest) -> Iterator[WireService]:
-    fast_path = getattr(request, "param", True)
-    target = parse_broker_url(tchu.broker_url)
-    with FaultProxy(target.host, target.port) as proxy, capture_logs() as logs:
-        wire = WireService(tchu, proxy, logs, fast_path)
-        yield wire
-        wire.close()
+BOTH_PATHS = pytest.mark.parametrize(
+    "wire_service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True
+)
 
 
 def _draft(route: str, label: str, *, body_ok: bool = True, properties: Any = (), **fields: Any) -> Draft:
@@ -71,21 +60,21 @@ def _assert_dead_lettered_naming(service: WireService, built: list[Built], keys:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("header", ["cc", "bcc"])
 def test_undecodable_event_naming_its_own_queue_in_cc_is_dead_lettered_once_without_a_loop(
-    service: WireService, header: str
+    wire_service: WireService, header: str
 ) -> None:
     # Given an event that does not decode, whose CC (or BCC) names the service's own event queue
-    events = field("S", service.names.queue("events"))
+    events = field("S", wire_service.names.queue("events"))
     draft = _draft("events", f"{header.upper()}:events", body_ok=False, **{header: (events,)})
     # When it is published to the events exchange
-    built = _publish(service, draft)
+    built = _publish(wire_service, draft)
     # Then exactly one dead letter, and the event and dead-letter queues stay still (no loop)
-    assert len(service.settle(built)) == 1
+    assert len(wire_service.settle(built)) == 1
 
 
 @pytest.mark.timeout(60)
-def test_worker_copies_never_reach_another_queue_named_in_cc(service: WireService) -> None:
+def test_worker_copies_never_reach_another_queue_named_in_cc(wire_service: WireService) -> None:
     # Given an undecodable event straight into the event queue whose CC names another service's queue
-    names = service.names
+    names = wire_service.names
     draft = _draft(
         "default:events",
         "CC:bystander",
@@ -95,15 +84,15 @@ def test_worker_copies_never_reach_another_queue_named_in_cc(service: WireServic
         routed_to=frozenset({names.bystander}),
     )
     # When it is published
-    built = _publish(service, draft)
+    built = _publish(wire_service, draft)
     # Then the other queue holds the broker's copy of the original only, not the worker's dead letter
-    assert len(service.settle(built)) == 1
+    assert len(wire_service.settle(built)) == 1
 
 
 # -- (b) to (e): header tables py-amqp cannot turn into Python ---------------------------------------
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
-def test_timestamp_header_out_of_range_is_dead_lettered_naming_it(service: WireService) -> None:
+@BOTH_PATHS
+def test_timestamp_header_out_of_range_is_dead_lettered_naming_it(wire_service: WireService) -> None:
     # Given events whose headers hold a timestamp Python cannot hold: milliseconds written as
     # seconds (year 55840), one that looks negative (2**64 - 1), the first second of year 10000
     values = {"x-sent-ms": 1_700_000_000_000, "x-sent-negative": -1, "x-sent-10000": 253_402_300_800}
@@ -112,38 +101,38 @@ def test_timestamp_header_out_of_range_is_dead_lettered_naming_it(service: WireS
         for key, value in values.items()
     ]
     # When they are published
-    built = _publish(service, *drafts)
+    built = _publish(wire_service, *drafts)
     # Then each is dead-lettered once, the reason naming the header; connection kept, a call answered
-    _assert_dead_lettered_naming(service, built, list(values))
+    _assert_dead_lettered_naming(wire_service, built, list(values))
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
-def test_unknown_field_type_byte_is_dead_lettered_naming_it(service: WireService) -> None:
+@BOTH_PATHS
+def test_unknown_field_type_byte_is_dead_lettered_naming_it(wire_service: WireService) -> None:
     # Given a call and an event whose headers hold a field of type 'Z' (no AMQP type)
     hostile = ((b"x-odd", b"Z\x00\x01"),)
     drafts = [_draft(route, "unknown-type-Z", hostile=hostile) for route in ("calls", "events")]
     # When they are published (the broker refuses 'Z': the proxy swaps it in on the way)
-    built = _publish(service, *drafts)
+    built = _publish(wire_service, *drafts)
     # Then each is dead-lettered once naming the header, the connection kept
-    _assert_dead_lettered_naming(service, built, ["x-odd", "x-odd"])
+    _assert_dead_lettered_naming(wire_service, built, ["x-odd", "x-odd"])
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
-def test_table_nested_2000_deep_is_dead_lettered_naming_it(service: WireService) -> None:
+@BOTH_PATHS
+def test_table_nested_2000_deep_is_dead_lettered_naming_it(wire_service: WireService) -> None:
     # Given an event whose header is a table nested 2,000 deep (past Python's recursion limit)
     draft = _draft("events", "F:2000-deep", entries=((b"x-deep", nested(2000, field("I", 1))),))
     # When it is published
-    built = _publish(service, draft)
+    built = _publish(wire_service, draft)
     # Then it is dead-lettered once naming the header, the connection kept
-    _assert_dead_lettered_naming(service, built, ["x-deep"])
+    _assert_dead_lettered_naming(wire_service, built, ["x-deep"])
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
+@BOTH_PATHS
 def test_table_nested_600_deep_read_but_not_writable_again_is_dead_lettered_once(
-    service: WireService,
+    wire_service: WireService,
 ) -> None:
     # Given events whose header is nested 600 deep: py-amqp reads it (a frame per level, under the
     # recursion limit of 1,000) but cannot write it again (two frames per level), as the worker
@@ -157,26 +146,26 @@ def test_table_nested_600_deep_read_but_not_writable_again_is_dead_lettered_once
         properties={"correlation_id": b"\xff\xfe"},
     )
     # When they are published
-    built = _publish(service, undecodable, not_utf8)
+    built = _publish(wire_service, undecodable, not_utf8)
     # Then each is dead-lettered once, the connection kept
-    assert len(service.settle(built)) == 2
+    assert len(wire_service.settle(built)) == 2
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
-def test_table_longer_than_its_frame_is_dead_lettered(service: WireService) -> None:
+@BOTH_PATHS
+def test_table_longer_than_its_frame_is_dead_lettered(wire_service: WireService) -> None:
     # Given an event whose header table claims 100,000 bytes more than its frame holds
     draft = _draft("events", "table-longer-than-frame", longer_table=True)
     # When it is published (the broker refuses it: the proxy makes it so on the way)
-    built = _publish(service, draft)
+    built = _publish(wire_service, draft)
     # Then it is dead-lettered once, with a reason; the connection kept
-    reasons = _reasons(service.settle(built))
+    reasons = _reasons(wire_service.settle(built))
     assert reasons.get(built[0].id), f"not dead-lettered with a reason: {reasons}"
 
 
 # -- (f) decimals, (g) what the broker refuses in a copy ---------------------------------------------
 @pytest.mark.timeout(60)
-def test_decimal_headers_are_handled_or_dead_lettered_once(service: WireService) -> None:
+def test_decimal_headers_are_handled_or_dead_lettered_once(wire_service: WireService) -> None:
     # Given events with decimal headers (a usual one, one of scale 255), decodable or not
     drafts = [
         _draft(
@@ -186,19 +175,21 @@ def test_decimal_headers_are_handled_or_dead_lettered_once(service: WireService)
         for body_ok in (True, False)
     ]
     # When they are published
-    built = _publish(service, *drafts)
+    built = _publish(wire_service, *drafts)
     # Then each is handled or dead-lettered once (the letters carry the decimal back to the broker)
-    service.settle(built)
+    wire_service.settle(built)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("value", ["nan", "inf"])
-def test_header_the_broker_refuses_is_not_copied_into_a_dead_letter(service: WireService, value: str) -> None:
+def test_header_the_broker_refuses_is_not_copied_into_a_dead_letter(
+    wire_service: WireService, value: str
+) -> None:
     # Given an undecodable event whose header holds a double NaN or infinity, which RabbitMQ refuses
     # in any publish (541, the publisher's connection closed): a dead letter copying it would be too
     hostile = ((b"x-ratio", field("d", float(value))),)
     draft = _draft("events", f"d:{value}", body_ok=False, hostile=hostile)
     # When it is published (swapped in on the way)
-    built = _publish(service, draft)
+    built = _publish(wire_service, draft)
     # Then it is dead-lettered once, and the worker keeps its connection
-    assert len(service.settle(built)) == 1
+    assert len(wire_service.settle(built)) == 1

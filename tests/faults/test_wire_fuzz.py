@@ -22,19 +22,13 @@ out, to tell which one breaks a worker.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from itertools import count
 
 import pytest
-from conftest import parse_broker_url
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from proxy import FaultProxy
-from structlog.testing import capture_logs
 from wire_fuzz import FAMILIES, Draft, build, drafts
 from wire_service import WireService
-
-from tchu_rpc.testing import TchuFactory
 
 BATCH = 50
 EXAMPLES = int(os.environ.get("TCHU_WIRE_FUZZ_EXAMPLES", "12"))  # 600 messages per run
@@ -42,40 +36,29 @@ WITHOUT = frozenset(filter(None, os.environ.get("TCHU_WIRE_FUZZ_WITHOUT", "").sp
 assert WITHOUT <= set(FAMILIES), f"TCHU_WIRE_FUZZ_WITHOUT: unknown families {WITHOUT - set(FAMILIES)}"
 
 
-@pytest.fixture
-def rewriting_proxy(tchu_broker_url: str) -> Iterator[FaultProxy]:
-    target = parse_broker_url(tchu_broker_url)
-    with FaultProxy(target.host, target.port) as proxy:
-        yield proxy
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast_path", "no_fast_path"])
+@pytest.mark.parametrize("wire_service", [True, False], ids=["fast_path", "no_fast_path"], indirect=True)
 def test_worker_keeps_its_connection_and_settles_each_message_once_whatever_is_on_the_wire(
-    tchu: TchuFactory, rewriting_proxy: FaultProxy, fast_path: bool
+    wire_service: WireService,
 ) -> None:
-    with capture_logs() as logs:
-        # Given a worker through the proxy, a caller's reply queue and another service's queue
-        service = WireService(tchu, rewriting_proxy, logs, fast_path)
-        ids = count(1)
+    # Given a worker through the proxy, a caller's reply queue and another service's queue
+    service = wire_service
+    ids = count(1)
 
-        @settings(
-            max_examples=EXAMPLES,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],  # no shrinking: a broken worker stays broken
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(st.lists(drafts(service.names, WITHOUT), min_size=BATCH, max_size=BATCH))
-        def batch_is_settled_once(batch: list[Draft]) -> None:
-            built = [build(draft, f"wf{next(ids):06d}", service.names) for draft in batch]
-            # When a batch is published, each message confirmed by the broker
-            service.publish(built)
-            # Then the worker settles each message once on its first connection, and answers a call
-            service.settle(built)
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: a broken worker stays broken
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.lists(drafts(service.names, WITHOUT), min_size=BATCH, max_size=BATCH))
+    def batch_is_settled_once(batch: list[Draft]) -> None:
+        built = [build(draft, f"wf{next(ids):06d}", service.names) for draft in batch]
+        # When a batch is published, each message confirmed by the broker
+        service.publish(built)
+        # Then the worker settles each message once on its first connection, and answers a call
+        service.settle(built)
 
-        try:
-            batch_is_settled_once()
-        finally:
-            service.close()
+    batch_is_settled_once()
