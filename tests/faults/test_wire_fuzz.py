@@ -62,3 +62,5 @@ def test_worker_keeps_its_connection_and_settles_each_message_once_whatever_is_o
         service.settle(built)
 
     batch_is_settled_once()
+    published = next(ids) - 1
+    assert published >= min(500, EXAMPLES * BATCH), f"hypothesis drew {published} messages only"

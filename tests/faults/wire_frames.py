@@ -1,13 +1,21 @@
 """AMQP messages built byte by byte, for headers and properties that kombu and py-amqp cannot encode.
 
 A field table here is a list of `(key, field)` pairs, each `field` the already-encoded type byte and
-value (`field("T", 1.7e12)`, `raw_field(b"Z", b"...")`), so that a test can write what no client
+value (`field("T", 1.7e12)`, or any bytes: `b"Z\\x00"`), so that a test can write what no client
 library would: timestamps past year 9999, unknown type bytes, keys that are not UTF-8, tables nested
 2,000 deep or declaring more bytes than their frame holds. Letters are RabbitMQ's (the AMQP 0-9-1
 errata): `s` is a signed 16-bit integer, `l` a signed 64-bit one; py-amqp reads `U` and `L` too.
 
 `RawPublisher` writes these frames on a py-amqp channel in confirm mode (`transport.write`), the way
-any other client on the broker could.
+any other client on the broker could; `take_all` reads messages back without letting py-amqp decode
+their properties.
+
+What RabbitMQ 3.10 refuses at publish (seen here): a table holding `U`, an unknown type byte, a NaN
+or infinite `f`/`d`, or a length past its frame (541 INTERNAL_ERROR, the connection closed); `CC`
+or `BCC` that is not an array (406), a `user_id` other than the login, an `expiration` that is not
+a non-negative integer (or is as large as 10**20), a `delivery_mode` other than 1 or 2, a `reply_to` of
+direct reply-to from a channel not consuming it (406, the channel closed). It takes timestamps
+past year 9999, tables 2,000 deep and decimals of any scale.
 """
 
 from __future__ import annotations
@@ -68,11 +76,6 @@ def shortstr(value: bytes | str) -> bytes:
 def longstr(value: bytes | str) -> bytes:
     data = _bytes(value)
     return struct.pack(">I", len(data)) + data
-
-
-def raw_field(type_byte: bytes, value: bytes = b"") -> bytes:
-    """Return a field of any type byte, known or not, with `value` as it goes on the wire."""
-    return type_byte + value
 
 
 def field(kind: str, value: Any) -> bytes:
