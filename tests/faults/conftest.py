@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from fault_support import WorkerProcesses
 from proxy import FaultProxy
 from rabbit_node import RabbitNode
+from structlog.testing import capture_logs
 
 from tchu_rpc.testing import TchuFactory
 
@@ -71,3 +73,15 @@ def workers(tchu: TchuFactory, tmp_path: Path) -> Iterator[WorkerProcesses]:
     processes = WorkerProcesses(tchu, tmp_path)
     yield processes
     processes.close()
+
+
+@pytest.fixture
+def wire_service(tchu: TchuFactory, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Yield a `wire_service.WireService`, logs captured; parametrize it indirectly with `fast_path`."""
+    from wire_service import WireService  # it imports this module: not at the top
+
+    target = parse_broker_url(tchu.broker_url)
+    with FaultProxy(target.host, target.port) as proxy, capture_logs() as logs:
+        service = WireService(tchu, proxy, logs, fast_path=getattr(request, "param", True))
+        yield service
+        service.close()

@@ -42,18 +42,41 @@ class _Side:
 class _Pair:
     """A client connection and its upstream connection."""
 
-    __slots__ = ("client", "connecting", "dead", "upstream")
+    __slots__ = ("client", "connecting", "dead", "inbound", "rewrite", "upstream")
 
-    def __init__(self, client: socket.socket, upstream: socket.socket | None) -> None:
+    def __init__(
+        self, client: socket.socket, upstream: socket.socket | None, rewrite: dict[bytes, bytes] | None
+    ) -> None:
         self.client = _Side(client)
         self.upstream = _Side(upstream) if upstream is not None else None
         self.connecting = upstream is not None
         # A dead pair forwards nothing, ever again: black-holed bytes are gone, so the AMQP
         # framing on it could never be trusted after a restore.
         self.dead = upstream is None
+        # Bytes from the broker not yet forwarded, kept until a whole frame is in (see `rewrite_headers`).
+        self.inbound = bytearray()
+        self.rewrite = rewrite
 
     def peer(self, side: _Side) -> _Side | None:
         return self.upstream if side is self.client else self.client
+
+
+def _rewritten_frames(inbound: bytearray, rewrite: dict[bytes, bytes]) -> bytes:
+    """Take the whole AMQP frames from `inbound`; return them with content headers rewritten."""
+    out, offset = [], 0
+    while len(inbound) - offset >= 7:
+        frame_type, _, size = struct.unpack_from(">BHI", inbound, offset)
+        end = offset + 7 + size + 1
+        if len(inbound) < end:
+            break
+        frame = bytes(inbound[offset:end])
+        if frame_type == 2:
+            for old, new in rewrite.items():
+                frame = frame.replace(old, new)
+        out.append(frame)
+        offset = end
+    del inbound[:offset]
+    return b"".join(out)
 
 
 def _abort(sock: socket.socket | None) -> None:
@@ -85,6 +108,7 @@ class FaultProxy:
         self._pairs: set[_Pair] = set()
         self._blackholed = False
         self._refusing = False
+        self._rewrite: dict[bytes, bytes] | None = None
         self._running = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -149,6 +173,16 @@ class FaultProxy:
     def refuse(self, on: bool) -> None:
         """When on, close new incoming connections at once (with RST)."""
         self._call(lambda: self._set_refusing(on))
+
+    def rewrite_headers(self, replacements: dict[bytes, bytes]) -> None:
+        """Replace bytes in content headers from the broker on connections made from now on.
+
+        Each key is replaced by its value, of the same length, in every content header frame the broker
+        sends: how a test hands a client header tables the broker itself would refuse at publish.
+        `replacements` stays shared: a test may add to it later.
+        """
+        assert all(len(old) == len(new) for old, new in replacements.items()), "lengths must match"
+        self._rewrite = replacements
 
     @property
     def connection_count(self) -> int:
@@ -264,7 +298,7 @@ class FaultProxy:
                 upstream.close()
                 _abort(client)
                 return
-        pair = _Pair(client, upstream)
+        pair = _Pair(client, upstream, self._rewrite)
         self._pairs.add(pair)
         self._update(pair)
 
@@ -297,7 +331,11 @@ class FaultProxy:
         if not data:
             self._close_pair(pair, rst=False)
         elif not pair.dead and peer is not None:
-            peer.out += data
+            if pair.rewrite is None or side is pair.client:
+                peer.out += data
+                return
+            pair.inbound += data
+            peer.out += _rewritten_frames(pair.inbound, pair.rewrite)
 
     def _write(self, side: _Side) -> None:
         if side.out:

@@ -11,9 +11,11 @@ from contextlib import contextmanager
 
 import kombu
 import pytest
+from conftest import BrokerTarget, parse_broker_url
 from kombu.exceptions import OperationalError
 from proxy import FaultProxy
 from rabbit_node import RabbitNode
+from wire_frames import RawPublisher, content_header, swapped, table, take_all
 
 HEARTBEAT = 2
 
@@ -193,6 +195,28 @@ def test_proxy_stop_closes_connections_and_leaves_no_thread(
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+def test_proxy_swaps_bytes_in_content_headers_from_the_broker_only(tchu_broker_url: str) -> None:
+    # Given a proxy that swaps a placeholder header entry for a field type the broker refuses
+    target = parse_broker_url(tchu_broker_url)
+    entry, placeholder, hostile = swapped("x-swap-tools", "x-odd", b"Z")
+    queue = f"tools.swap.{uuid.uuid4().hex}"
+    with FaultProxy(target.host, target.port) as proxy:
+        proxy.rewrite_headers({placeholder: hostile})
+        via_proxy = BrokerTarget("127.0.0.1", proxy.port, target.user, target.password, target.vhost)
+        # When a message with the placeholder passes through it to the broker, then back
+        publisher = RawPublisher(via_proxy)
+        try:
+            publisher.channel.queue_declare(queue, auto_delete=False)
+            header = content_header(2, {"message_id": "m"}, table([entry]))
+            publisher.publish_many([("", queue, header, b"{}")])  # not swapped on the way in
+            ((raw, body),) = take_all(via_proxy, queue)
+        finally:
+            publisher.channel.queue_delete(queue)
+            publisher.close()
+    # Then the broker took the placeholder and the client got the swapped entry, at the same length
+    assert placeholder not in raw and hostile in raw and len(raw) == len(header) and body == b"{}"
+
+
 def test_private_node_keeps_persistent_message_across_restart(rabbit_node: RabbitNode) -> None:
     assert rabbit_node.amqp_port != 5672
     assert not rabbit_node.nodename.startswith("rabbit@")
