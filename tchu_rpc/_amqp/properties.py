@@ -80,7 +80,13 @@ def _decodable(buf: bytes) -> bytes:
     for name, value in props.items():
         props[name] = printable(value)
     (body_size,) = unpack_from(">Q", buf, 4)
-    return content_header(body_size, props)
+    try:
+        return content_header(body_size, props)
+    except Exception as exc:  # py-amqp reads a table ~600 deep, and cannot write it again
+        reason = props["application_headers"][MALFORMED]
+        again = f"{reason}; the header table cannot be encoded again ({type(exc).__name__})"
+        props["application_headers"] = {MALFORMED: again[:_REASON_CHARS]}
+        return content_header(body_size, props)
 
 
 def decode(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:

@@ -6,7 +6,7 @@ what `carried` allows: tchu_rpc's own `x-tchu-*` headers and the application's h
 `CC` or `BCC` (RabbitMQ would route the copy to the queues they name: back into the service's own
 queue, a loop, or into another service's queue as if this worker had sent it), nor any other `x-`
 header (the broker's and plugins' own: `x-death`, `x-delivery-count`, `x-delay`, ...), nor a
-header whose name is not text or whose value py-amqp cannot encode again. The copy's `app_id` is
+header whose name is not text or whose value cannot be sent again (`encodable`). The copy's `app_id` is
 `wire.COPY_APP_ID` and its `user_id` the worker's login (RabbitMQ checks it), which together mark
 it as the worker's own (`messages.trusted_copy`); the original's checked `user_id` travels in
 `x-tchu-user-id`.
@@ -14,6 +14,7 @@ it as the worker's own (`messages.trusted_copy`); the original's checked `user_i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -107,17 +108,30 @@ def _carried(lower: str) -> bool:
 
 
 def encodable(headers: dict[str, Any]) -> dict[str, Any]:
-    """Return `headers` less those py-amqp cannot encode again (a decimal it decoded, say)."""
-    try:
-        dumps("F", (headers,))
-    except Exception:
-        return {name: value for name, value in headers.items() if _encodes(name, value)}
-    return headers
+    """Return `headers` less those that cannot be sent again.
+
+    That is what py-amqp cannot encode (a decimal it decoded as `Decimal("1E+2")`, a table ~600 deep:
+    it reads one stack frame a level and writes with two), and what RabbitMQ refuses (a NaN or
+    infinite float closes the publishing connection).
+    """
+    if _sendable(headers):
+        return headers
+    return {name: value for name, value in headers.items() if _sendable({name: value})}
 
 
-def _encodes(name: str, value: Any) -> bool:
+def _sendable(table: dict[str, Any]) -> bool:
     try:
-        dumps("F", ({name: value},))
-    except Exception:
+        dumps("F", (table,))
+        return _finite(table)
+    except Exception:  # RecursionError included
         return False
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
     return True

@@ -72,3 +72,14 @@ def test_headers_py_amqp_cannot_encode_again_are_dropped_from_a_copy() -> None:
     send = outgoing.copy(_message(headers), "svc.dead", {}, "svc")
     assert send["headers"] == {"fine": 1, wire.HEADER_TOPIC: "user.created"}
     dumps("F", (send["headers"],))
+
+
+def test_headers_rabbitmq_refuses_or_py_amqp_cannot_write_are_dropped_from_a_copy() -> None:
+    # RabbitMQ closes the connection over a NaN or infinite float; py-amqp reads a table ~600 deep
+    # (a stack frame a level) but writes it with two, and fails
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(600):
+        deep = {"n": deep}
+    headers = {"nan": float("nan"), "inf": [1.0, float("inf")], "deep": deep, "fine": 2.5}
+    send = outgoing.copy(_message(headers), "svc.dead", {}, "svc")
+    assert send["headers"] == {"fine": 2.5, wire.HEADER_TOPIC: "user.created"}

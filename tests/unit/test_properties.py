@@ -210,3 +210,17 @@ def test_a_consumer_callback_that_raises_is_not_taken_for_a_bad_header() -> None
     conn.on_inbound_frame((1, 1, struct.pack(">HH", 60, 60)))
     with pytest.raises(LookupError):
         conn.on_inbound_frame((2, 1, struct.pack(">HHQ", 60, 0, 0) + _frame(content_type="a")))
+
+
+def test_a_table_py_amqp_reads_but_cannot_write_again_is_dropped_when_a_property_is_not_utf8() -> None:
+    # py-amqp reads a table 600 deep (a stack frame a level) but writes it with two frames a level
+    flags = 0x8000 | 0x2000
+    header = struct.pack(">H", flags) + _shortstr(b"app/\xff") + _table(_entry(b"deep", b"F", _nested(600)))
+    delivered: list[Any] = []
+    conn = _connection(delivered)
+    properties.tolerate(conn)
+    _deliver(conn.on_inbound_frame, header)
+    [bad] = delivered
+    reason = bad.properties["application_headers"][properties.MALFORMED]
+    assert "content_type" in reason and "cannot be encoded again" in reason
+    assert list(bad.properties["application_headers"]) == [properties.MALFORMED]
