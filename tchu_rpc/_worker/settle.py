@@ -45,7 +45,8 @@ class Job:
     #: When it arrived (`time.monotonic()`), at the earliest: when the loop that read it began to
     #: wait for the socket (`Loop.looked_at`), so that a pause of the process counts as waiting.
     received: float = field(default_factory=time.monotonic)
-    timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
+    #: Answered with HandlerTimeLimit, or its handler exited: its handler's result is discarded.
+    timed_out: bool = False
 
 
 class Settler:
