@@ -36,8 +36,9 @@ from tchu_rpc.topology import check_service
 LANES: dict[Kind, str] = {"call": "calls", "event": "events"}
 #: Letters kept in one transaction, at most: what a killed listing leaves to be requeued.
 _KEPT_PER_COMMIT = 100
-#: Set by the broker on a quorum queue's redelivery: the count of the letter, not of its copy.
-_DELIVERY_COUNT = "x-delivery-count"
+#: Headers a kept letter's copy goes without: the broker's delivery count (of the letter, not of its
+#: copy), and the sender-selected routing that would send the copy to other queues as well.
+_NOT_KEPT = frozenset({"x-delivery-count", "CC", "BCC"})
 
 
 class DeadQueue:
@@ -98,11 +99,11 @@ class DeadQueue:
             return self._channel.basic_get(self.name, no_ack=False)
 
     def keep(self, letter: Any) -> None:
-        """Put `letter` at the end of the queue as it is, in a transaction (committed with the next)."""
+        """Put `letter` at the end of the queue as it is (`_NOT_KEPT` aside), committed with the next."""
         props = dict(letter.properties)
         headers = props.get("application_headers")
-        if headers and _DELIVERY_COUNT in headers:
-            props["application_headers"] = {k: v for k, v in headers.items() if k != _DELIVERY_COUNT}
+        if headers and not _NOT_KEPT.isdisjoint(headers):
+            props["application_headers"] = {k: v for k, v in headers.items() if k not in _NOT_KEPT}
         with _translated(f"cannot put a letter back in {self.name}", PublishFailed):
             self._channel.basic_publish(
                 amqp.Message(letter.body, **props), exchange="", routing_key=self.name

@@ -461,3 +461,22 @@ def test_listing_a_quorum_dead_letter_queue_returns_no_letter_to_it(
         assert replay_dead_letters(name, tchu.settings, topic="order.#").replayed == 0
     # Then every letter is still there, in its order, as it was: no delivery was counted
     assert _take_all(tchu, f"{name}.dead") == (letters, {0})
+
+
+def test_listing_sends_no_copy_where_a_letters_cc_header_points(tchu: TchuFactory) -> None:
+    # Given a letter whose headers name another queue in `CC` (RabbitMQ routes a message there too)
+    name = tchu.service("cc")
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        for suffix in ("dead", "events"):
+            conn.channel().queue_declare(f"{name}.{suffix}", durable=True, auto_delete=False)
+    headers = {wire.HEADER_TOPIC: "user.created", wire.HEADER_ERROR: "boom", "CC": [f"{name}.events"]}
+    _put_dead(tchu, name, 1, headers)
+    assert _depth(tchu, f"{name}.events") == 1  # the broker did route the original there
+    with Connection(tchu.broker_url, connect_timeout=5) as conn:
+        conn.channel().queue_purge(f"{name}.events")
+    # When the letters are listed, and a replay that selects none of them runs
+    assert len(list_dead_letters(name, tchu.settings).letters) == 1
+    assert replay_dead_letters(name, tchu.settings, topic="order.#").replayed == 0
+    # Then the letter is kept, and nothing reached the queue its header names
+    assert _depth(tchu, f"{name}.dead") == 1
+    assert _depth(tchu, f"{name}.events") == 0
