@@ -128,11 +128,13 @@ def replay_dead_letters(
     with DeadQueue(service, settings or Settings.from_env()) as queue:
         depth, lanes, now = queue.depth(), queue.lanes(), time.time()
         for message in _scan(queue, depth):
-            letter = None if replayed == limit else read(message, lanes, now)
-            why = None if letter is None else _left_because(letter, pattern, calls, lanes)
-            if letter is None or why is not None:
-                if why is not None:
-                    skipped[why] += 1
+            if replayed == limit:
+                queue.keep(message)  # through the queue all the same, so that it ends in its order
+                continue
+            letter = read(message, lanes, now)
+            why = _left_because(letter, pattern, calls, lanes)
+            if why is not None:
+                skipped[why] += 1
                 queue.keep(message)
                 continue
             queue.move(message, letter.kind, *replay_copy(message))

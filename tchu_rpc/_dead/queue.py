@@ -100,13 +100,9 @@ class DeadQueue:
 
     def keep(self, letter: Any) -> None:
         """Put `letter` at the end of the queue as it is (`_NOT_KEPT` aside), committed with the next."""
-        props = dict(letter.properties)
-        headers = props.get("application_headers")
-        if headers and not _NOT_KEPT.isdisjoint(headers):
-            props["application_headers"] = {k: v for k, v in headers.items() if k not in _NOT_KEPT}
         with _translated(f"cannot put a letter back in {self.name}", PublishFailed):
             self._channel.basic_publish(
-                amqp.Message(letter.body, **props), exchange="", routing_key=self.name
+                amqp.Message(letter.body, **_kept(letter.properties)), exchange="", routing_key=self.name
             )
             self._channel.basic_ack(letter.delivery_info["delivery_tag"])
             self._kept += 1
@@ -150,7 +146,7 @@ class DeadQueue:
 
     def _put_back(self, letter: Any) -> None:
         with _translated(f"cannot put a returned letter back in {self.name}", PublishFailed):
-            self._publish(letter.body, letter.properties, self.name)
+            self._publish(letter.body, _kept(letter.properties), self.name)
             self._commit()
 
     def _depth(self, queue: str) -> int | None:
@@ -166,6 +162,14 @@ class DeadQueue:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.append(routing_key)
+
+
+def _kept(properties: dict[str, Any]) -> dict[str, Any]:
+    """Return a letter's AMQP `properties` for its copy back in its queue, less `_NOT_KEPT` headers."""
+    headers = properties.get("application_headers")
+    if not headers or _NOT_KEPT.isdisjoint(headers):
+        return properties
+    return {**properties, "application_headers": {k: v for k, v in headers.items() if k not in _NOT_KEPT}}
 
 
 def _open(settings: Settings) -> tuple[Connection, str]:
