@@ -39,14 +39,18 @@ class TimeLimits:
     def expired(self, now: float) -> tuple[list[Any], float | None]:
         """Return the jobs past their deadline (no longer tracked) and the next deadline, if any."""
         running = self._running
-        due = []
+        due: list[Any] = []
+        if not running:
+            return due, None  # nothing running: every turn of an idle loop
+        next_due = None
         for job, deadline in running.items():
             if deadline > now:
+                next_due = deadline
                 break
             due.append(job)
         for job in due:
             del running[job]
-        return due, next(iter(running.values()), None)
+        return due, next_due
 
     def clear(self) -> None:
         """Forget every job (their connection is gone: the broker redelivers their messages)."""
