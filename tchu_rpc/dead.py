@@ -77,8 +77,9 @@ def list_dead_letters(
 ) -> Listing:
     """Return the first `limit` letters in `<service>.dead` (whose topic matches `topic`), leaving all.
 
-    Every letter is got without an ack and put back in its place at the end. On a quorum queue
-    reading a letter counts as a delivery of it, and may move it to the end of the queue.
+    Every letter goes once through the queue, read or not: moved to its end as it is, in order, so
+    that the queue ends as it was, and none is given back (which a quorum queue would count as a
+    delivery, up to its delivery limit: `tchu_rpc._dead.queue`).
 
     Raises:
         ConfigError: the service has no dead-letter queue, or `limit` is below 1.
@@ -90,11 +91,11 @@ def list_dead_letters(
     with DeadQueue(service, settings or Settings.from_env()) as queue:
         depth, lanes, now = queue.depth(), queue.lanes(), time.time()
         for message in _scan(queue, depth):
-            letter = read(message, lanes, now)
-            if pattern is None or topic_matches(pattern, letter.topic):
-                letters.append(letter)
-                if len(letters) == limit:
-                    break
+            if len(letters) < limit:
+                letter = read(message, lanes, now)
+                if pattern is None or topic_matches(pattern, letter.topic):
+                    letters.append(letter)
+            queue.keep(message)
         queue.release()
     return Listing(queue.name, depth, tuple(letters))
 
@@ -110,10 +111,10 @@ def replay_dead_letters(
     """Move letters from `<service>.dead` back to the service's queues, each exactly once.
 
     Only the letters there at the start are looked at, in queue order: one that fails again comes
-    back at the end and waits for the next replay. `topic` (a binding pattern) and `limit` select
-    which are moved; calls are moved only with `calls`. The copy keeps the letter's body, properties
-    and headers, less its reason, delivery counts and a call's time left, with `x-tchu-replayed`
-    counting its replays.
+    back at the end and waits for the next replay; those left go through the queue as a listing's
+    do. `topic` (a binding pattern) and `limit` select which are moved; calls are moved only with
+    `calls`. The copy keeps the letter's body, properties and headers, less its reason, delivery
+    counts and a call's time left, with `x-tchu-replayed` counting its replays.
 
     Raises:
         ConfigError: the service has no dead-letter queue, or `limit` is below 1.
@@ -127,15 +128,17 @@ def replay_dead_letters(
     with DeadQueue(service, settings or Settings.from_env()) as queue:
         depth, lanes, now = queue.depth(), queue.lanes(), time.time()
         for message in _scan(queue, depth):
+            if replayed == limit:
+                queue.keep(message)  # through the queue all the same, so that it ends in its order
+                continue
             letter = read(message, lanes, now)
             why = _left_because(letter, pattern, calls, lanes)
             if why is not None:
                 skipped[why] += 1
+                queue.keep(message)
                 continue
             queue.move(message, letter.kind, *replay_copy(message))
             replayed += 1
-            if replayed == limit:
-                break
         queue.release()
     logger.info("dead_letters_replayed", queue=queue.name, replayed=replayed, skipped=dict(skipped))
     return Replay(queue.name, replayed, depth - replayed, dict(skipped))

@@ -85,6 +85,7 @@ class Worker:
         self._start_error: BaseException | None = None
         self._cancelled = self._stopped = self._serving = False
         self._stop_lock = threading.Lock()  # a second stop() returns once the first has stopped it
+        self._discard_lock = threading.Lock()  # the time limit and a handler's exit race for a job
         hooks = {"on_connect": self._setup, "on_lost": self._lost, "on_tick": self._enforce_time_limit}
         self._loop = DeferringLoop(f"tchu-worker-{queue}", self.settings, **hooks)
         run_or_submit = self._loop.run_or_submit
@@ -248,7 +249,8 @@ class Worker:
     def _enforce_time_limit(self, now: float) -> float | None:
         expired, next_due = self._limits.expired(now)
         for job in expired:
-            job.timed_out = True
+            if not self._discard(job):
+                continue  # its handler exited meanwhile: it is settled already (`_exit`)
             limit, about = self._limits.limit, describe(job.message)
             logger.error(
                 "handler_time_limit_exceeded", service=self.service, handler_time_limit=limit, **about
@@ -256,6 +258,12 @@ class Worker:
             self._lanes[job.kind].abandon(job)
             self._finish(job, self._dispatcher.timed_out(job.message, self._limits.limit or 0.0))
         return next_due
+
+    def _discard(self, job: Job) -> bool:
+        """Mark `job`'s handler result as discarded; tell whether it was not already (settle it once)."""
+        with self._discard_lock:
+            first, job.timed_out = not job.timed_out, True
+        return first
 
     def _cancel(self) -> None:
         for kind, consumer in self._consumers.items():
@@ -296,6 +304,7 @@ class Worker:
         """Stop as on SIGTERM: a handler asked the process to exit; its message is redelivered."""
         about = describe(job.message)
         logger.error("handler_exited", service=self.service, error=type(exc).__name__, **about)
-        self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
+        if self._discard(job):  # else it was answered with HandlerTimeLimit and settled already
+            self._settler.abandon(job)  # not acked: the broker redelivers it when the connection closes
         self._stop_requested.set()  # `run()` stops; an embedded worker stops on a thread of its own
         threading.Thread(target=self.stop, name=f"tchu-stop-{self.service}", daemon=True).start()

@@ -9,11 +9,11 @@ stays in the transport's read buffer (`_read_buffer`), where py-amqp's own reads
 callback that waits for an answer (`basic.cancel` waiting for its cancel-ok) reads through py-amqp
 while frames of this read are still undispatched, so the rest is put there before each frame is.
 
-Writing: `publish_frames`, `ack_frame` and `commit_frame` encode a `basic.publish` with its
-content, a `basic.ack` and a `tx.commit` directly; py-amqp builds a `Message`, serializes its
-arguments and properties through generic format strings and writes through a shared buffer under a
-lock, several times the work for these fixed layouts. AMQP tables (headers) still go through
-py-amqp's encoder.
+Writing: `publish_frames`, `ack_frame`, `requeue_frame` and `commit_frame` encode a `basic.publish`
+with its content, a `basic.ack`, a `basic.reject` and a `tx.commit` directly; py-amqp builds a
+`Message`, serializes its arguments and properties through generic format strings and writes
+through a shared buffer under a lock, several times the work for these fixed layouts. AMQP tables
+(headers) still go through py-amqp's encoder.
 
 Reading directly is for plain TCP only (`can_read`): a TLS socket decrypts in records and takes no
 `recv` flags, and Windows has no `MSG_DONTWAIT`; the loop reads those through py-amqp.
@@ -105,7 +105,7 @@ def read_frames(conn: Any, sock: socket.socket) -> bool:
 
 _PUBLISH = struct.pack(">HHH", 60, 40, 0)  # basic.publish, ticket 0
 _CONTENT_HEADER = struct.Struct(">HHQH")  # class, weight, body size, property flags
-_ACK = struct.Struct(">BHIHHQBB")  # a whole basic.ack frame
+_ACK = struct.Struct(">BHIHHQBB")  # a whole basic.ack (or basic.reject) frame
 
 
 def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
@@ -163,6 +163,11 @@ def content_header(body_size: int, properties: dict[str, Any]) -> bytes:
 def ack_frame(channel: int, delivery_tag: int) -> bytes:
     """Return the frame of a `basic.ack` of one delivery."""
     return _ACK.pack(1, channel, 13, 60, 80, delivery_tag, 0, 0xCE)
+
+
+def requeue_frame(channel: int, delivery_tag: int) -> bytes:
+    """Return the frame of a `basic.reject` of one delivery, with requeue."""
+    return _ACK.pack(1, channel, 13, 60, 90, delivery_tag, 1, 0xCE)
 
 
 def commit_frame(channel: int) -> bytes:

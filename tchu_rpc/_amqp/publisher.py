@@ -26,7 +26,7 @@ from amqp import spec
 from kombu import Connection, Producer
 
 from tchu_rpc._amqp.connection import is_amqp
-from tchu_rpc._amqp.frames import ack_frame, commit_frame, publish_frames
+from tchu_rpc._amqp.frames import ack_frame, commit_frame, publish_frames, requeue_frame
 
 OnConfirm = Callable[[bool], None]
 #: Called with (routing key, exchange, reply text, AMQP properties) for a returned mandatory message.
@@ -140,6 +140,16 @@ class Publisher:
             message.ack()
         else:
             self._write(ack_frame(message.channel.channel_id, message.delivery_tag))
+
+    def requeue(self, message: Any) -> None:
+        """Give `message`, a delivery on this channel, back to its queue (with its transaction's frames).
+
+        On a transactional channel it takes effect at a commit, as an ack does: `transact` it.
+        """
+        if self._virtual is not None or not self._fast:
+            message.reject(requeue=True)
+        else:
+            self._write(requeue_frame(message.channel.channel_id, message.delivery_tag))
 
     def _commit(self, groups: list[_Group]) -> None:
         # The publishes, acks and commit go out in one write; nothing if one fails (the loop then

@@ -1,4 +1,4 @@
-"""A service's dead-letter queue on one transactional channel: get letters, move each once, put back.
+"""A service's dead-letter queue on one transactional channel: get letters, move each once, or keep it.
 
 Exactly once, without a ledger: a letter is got without an ack (`basic.get`), and its copy's publish
 and the letter's ack go to the broker as one AMQP transaction (`tx.commit`), which the broker
@@ -6,9 +6,13 @@ applies whole or not at all. A replay killed before the commit leaves the letter
 broker requeues what a closed channel held) and its copy nowhere; killed after, the copy is in the
 service's queue and the letter gone. RabbitMQ keeps that promise when the client dies; a *broker*
 failure during a commit that touches two queues may apply it to one of them only (RabbitMQ's
-"Broker Semantics"). Letters got and not moved are held unacked, so that the next `basic.get` reaches
-the next letter, and are requeued together at the end (`release`): on a classic queue a requeued
-message goes back to its place, so reading the queue does not reorder it.
+"Broker Semantics").
+
+A letter looked at and left (`keep`) is never given back to the queue (a requeue): a quorum queue
+counts each return as a delivery, and drops or dead-letters a letter past its delivery limit (20 by
+default from RabbitMQ 4.0). It is moved to the end of its own queue instead, the same way: its
+exact copy published there and the letter acked, in one transaction. A listing or replay goes
+through every letter that was in the queue when it began, so the queue ends in its order.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from amqp.exceptions import AMQPError, ChannelError, NotFound
 from kombu import Connection
 
 from tchu_rpc._amqp.connection import Hosts, is_amqp, open_connection, refusal
+from tchu_rpc._worker.outgoing import carried, encodable
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost, PublishFailed, TchuError
 from tchu_rpc.log import mask_url
@@ -30,6 +35,8 @@ from tchu_rpc.topology import check_service
 
 #: The queue each kind of message is replayed to, by its suffix.
 LANES: dict[Kind, str] = {"call": "calls", "event": "events"}
+#: Letters kept in one transaction, at most: what a killed listing leaves to be requeued.
+_KEPT_PER_COMMIT = 100
 
 
 class DeadQueue:
@@ -45,8 +52,7 @@ class DeadQueue:
             self._conn.release()
             raise ConfigError(f"dead letters need an AMQP broker, not {self._where}")
         self._returned: list[str] = []  # routing keys of copies the broker could not route
-        #: Delivery tags of letters got and not moved, in queue order (a dict: moves delete at once).
-        self._held: dict[int, None] = {}
+        self._kept = 0  # letters kept since the last commit
         try:
             with _translated(f"cannot open a channel on {self._where}"):
                 self._channel = self._conn.connection.channel()
@@ -86,12 +92,18 @@ class DeadQueue:
         return tuple(kind for kind, depth in found.items() if depth is not None)
 
     def get(self) -> Any | None:
-        """Get the next letter without taking it (None when no letter is ready); it stays held."""
+        """Get the next letter without taking it (None when no letter is ready): `move` or `keep` it."""
         with _translated(f"cannot read {self.name}"):
-            letter = self._channel.basic_get(self.name, no_ack=False)
-        if letter is not None:
-            self._held[letter.delivery_info["delivery_tag"]] = None
-        return letter
+            return self._channel.basic_get(self.name, no_ack=False)
+
+    def keep(self, letter: Any) -> None:
+        """Put `letter` at the end of the queue as it is (`_kept`), committed with the next."""
+        with _translated(f"cannot put a letter back in {self.name}", PublishFailed):
+            self._publish(letter.body, _kept(letter.properties), self.name)
+            self._channel.basic_ack(letter.delivery_info["delivery_tag"])
+            self._kept += 1
+            if self._kept >= _KEPT_PER_COMMIT:
+                self._commit()
 
     def move(self, letter: Any, kind: Kind, body: bytes, properties: dict[str, Any]) -> None:
         """Publish a copy of `letter` to the service's queue of `kind` and ack it, in one transaction.
@@ -107,8 +119,7 @@ class DeadQueue:
             tag = letter.delivery_info["delivery_tag"]
             self._channel.basic_ack(tag)
             self._commit()
-        del self._held[tag]
-        if self._returned:
+        if queue in self._returned:
             # The broker routes in the commit and returns what it could not route (the queue was
             # deleted meanwhile): the letter's ack is committed too, so the letter goes back, as it
             # was, at the end of the queue (a kill at this very moment would lose it).
@@ -116,12 +127,10 @@ class DeadQueue:
             raise PublishFailed(f"{queue} is gone: the letter was put back in {self.name}")
 
     def release(self) -> None:
-        """Requeue every letter still held, in its place."""
-        with _translated(f"cannot put letters back in {self.name}"):
-            for tag in self._held:  # py-amqp has no basic.nack to requeue them all in one
-                self._channel.basic_reject(tag, requeue=True)
-            self._commit()  # rejects are transactional on RabbitMQ
-        self._held.clear()
+        """Commit the letters kept since the last commit."""
+        if self._kept:
+            with _translated(f"cannot put letters back in {self.name}", PublishFailed):
+                self._commit()
 
     def _publish(self, body: bytes, properties: dict[str, Any], queue: str) -> None:
         # RabbitMQ refuses a `user_id` other than the publisher's login: a letter's is the worker's.
@@ -130,10 +139,11 @@ class DeadQueue:
 
     def _commit(self) -> None:
         self._channel.tx_commit()
+        self._kept = 0
 
     def _put_back(self, letter: Any) -> None:
         with _translated(f"cannot put a returned letter back in {self.name}", PublishFailed):
-            self._publish(letter.body, letter.properties, self.name)
+            self._publish(letter.body, _kept(letter.properties), self.name)
             self._commit()
 
     def _depth(self, queue: str) -> int | None:
@@ -149,6 +159,19 @@ class DeadQueue:
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.append(routing_key)
+
+
+def _kept(properties: dict[str, Any]) -> dict[str, Any]:
+    """Return a letter's AMQP `properties` for its copy back in its queue.
+
+    Its headers less what a copy never carries (`outgoing.carried`): the broker's delivery count (of
+    the letter, not of its copy), and `CC`/`BCC`, which would send the copy to other queues as well.
+    What the letter claims (topic, counts) is kept as it is: a replay trusts only a worker's letters.
+    """
+    headers = properties.get("application_headers")
+    if not headers:
+        return properties
+    return {**properties, "application_headers": encodable(carried(headers, trusted=True))}
 
 
 def _open(settings: Settings) -> tuple[Connection, str]:

@@ -12,6 +12,8 @@ When the broker closes the relay's connection, the replies it had not confirmed 
 the next one, one at a time (a confirm may have been lost with the connection, so a caller may get a
 reply twice, and drops the second), until the one that closes it again: its address is taken for
 gone, and replies to it are dropped for a minute (`reply_undeliverable`), their requests acked.
+Replies handed over meanwhile wait behind them, and all go out together once the last of those
+suspects is settled: under steady traffic the one-at-a-time mode ends all the same.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class Relay:
         self._publisher: Publisher | None = None
         self._sent: dict[_Reply, None] = {}  # published, awaiting their confirms, in order
         self._held: deque[_Reply] = deque()  # to publish once connected (or one by one, `_careful`)
-        self._careful = False  # after a close: one reply at a time, to find the one that closed it
+        #: Unconfirmed when the connection closed, not settled since: while there are any, replies go
+        #: one at a time (`_careful`), to find the one that closed it.
+        self._suspects: set[_Reply] = set()
         self._gone: dict[str, float] = {}  # addresses whose node is not running -> since, oldest first
 
     # -- any thread ---------------------------------------------------------------------------
@@ -89,10 +93,6 @@ class Relay:
     # -- the relay's I/O thread -------------------------------------------------------------
     def _connected(self, conn: Connection) -> None:
         self._publisher = Publisher(conn, conn.channel(), on_return=self._on_return, fast=self._loop.fast)
-        if not self._careful:
-            held, self._held = self._held, deque()
-            for reply in held:
-                self._take(reply)
         self._next()
 
     def _take(self, reply: _Reply) -> None:
@@ -109,24 +109,30 @@ class Relay:
         self._sent[reply] = None
         self._publisher.publish(on_confirm=reply, **reply.send)
 
+    @property
+    def _careful(self) -> bool:
+        return bool(self._suspects)
+
     def _confirmed(self, reply: _Reply, ok: bool) -> None:
         self._sent.pop(reply, None)
         if reply.on_done is not None:
             reply.on_done(ok)
-        if self._careful:
+        if self._suspects:
+            self._suspects.discard(reply)
             self._next()
 
     def _next(self) -> None:
-        """In careful mode, publish the next held reply once the last one was confirmed."""
+        """Publish held replies: the next suspect once the last was confirmed, all once none is left."""
         while self._careful and not self._sent and self._publisher is not None:
-            if not self._held:
-                self._careful = False
-                return
-            reply = self._held.popleft()
+            reply = self._held.popleft()  # suspects come first (`_lost`)
             if self._is_gone(reply.send["routing_key"]):
                 self._drop(reply)
                 continue
             self._publish(reply)
+        if not self._careful and self._publisher is not None:
+            held, self._held = self._held, deque()
+            for reply in held:
+                self._take(reply)
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None
@@ -138,7 +144,7 @@ class Relay:
                 del self._gone[next(iter(self._gone))]
             self._drop(culprit)
         if unconfirmed:
-            self._careful = True
+            self._suspects.update(unconfirmed)
             self._held.extendleft(reversed(unconfirmed))
         logger.warning(
             "relay_connection_lost", service=self.service, unconfirmed=len(unconfirmed), careful=self._careful
@@ -154,6 +160,7 @@ class Relay:
         return False
 
     def _drop(self, reply: _Reply) -> None:
+        self._suspects.discard(reply)
         send = reply.send
         logger.warning(
             "reply_undeliverable",

@@ -45,7 +45,8 @@ class Job:
     #: When it arrived (`time.monotonic()`), at the earliest: when the loop that read it began to
     #: wait for the socket (`Loop.looked_at`), so that a pause of the process counts as waiting.
     received: float = field(default_factory=time.monotonic)
-    timed_out: bool = False  # answered with HandlerTimeLimit; its handler's result is discarded
+    #: Answered with HandlerTimeLimit, or its handler exited: its handler's result is discarded.
+    timed_out: bool = False
 
 
 class Settler:
@@ -227,19 +228,23 @@ class Settler:
 
     def ack(self, job: Job, ok: bool) -> None:
         """Ack `job` (or requeue it when `ok` is False) and count it settled."""
+        publisher = self.publishers[job.kind]
+        settle = publisher.ack if ok else publisher.requeue
+        if publisher.transactional:
+            # Either takes effect at a commit only: one of its own, or the lane may wait for ever.
+            self._awaiting.add(job)
+            publisher.transact(partial(settle, job.message), partial(self._committed, job, ok))
+            return
         try:
-            if ok:
-                self.publishers[job.kind].ack(job.message)
-            else:
-                job.message.reject(requeue=True)
+            settle(job.message)
             self._settled(job, "message_acked" if ok else "message_requeued")
         finally:
             self.done()
 
-    def _committed(self, job: Job) -> None:
+    def _committed(self, job: Job, acked: bool = True) -> None:
         self._awaiting.discard(job)
         try:
-            self._settled(job, "message_acked")
+            self._settled(job, "message_acked" if acked else "message_requeued")
         finally:
             self.done()
 

@@ -8,8 +8,6 @@ old thread returns later. The old thread runs on until its handler returns.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from typing import Any
 
 from tchu_rpc.config import Settings
@@ -17,21 +15,22 @@ from tchu_rpc.log import logger
 
 
 class TimeLimits:
-    """Track when call handlers started and tell which ran too long; used on the I/O thread only."""
+    """Track when call handlers started and tell which ran too long; used on the I/O thread only.
+
+    Every deadline is a start plus the one `limit`, and starts come in time order, so the running
+    jobs in insertion order are in deadline order: no heap, and a finished job is forgotten at
+    once (a heap with lazy deletion would keep every call finished behind one long handler).
+    """
 
     def __init__(self, limit: float | None) -> None:
         self.limit = limit
-        self._running: dict[Any, float] = {}
-        self._deadlines: list[tuple[float, int, Any]] = []
-        self._order = itertools.count()
+        self._running: dict[Any, float] = {}  # job -> deadline, earliest first
 
     def start(self, job: Any, started: float) -> None:
-        """Note that `job`'s handler started at `started` (`time.monotonic()`)."""
+        """Note that `job`'s handler started at `started` (`time.monotonic()`, never decreasing)."""
         if self.limit is None:
             return
-        deadline = started + self.limit
-        self._running[job] = deadline
-        heapq.heappush(self._deadlines, (deadline, next(self._order), job))
+        self._running[job] = started + self.limit
 
     def finish(self, job: Any) -> None:
         """Note that `job`'s handler returned (or that the job was settled otherwise)."""
@@ -39,20 +38,23 @@ class TimeLimits:
 
     def expired(self, now: float) -> tuple[list[Any], float | None]:
         """Return the jobs past their deadline (no longer tracked) and the next deadline, if any."""
-        due = []
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, _, job = heapq.heappop(deadlines)
-            if self._running.pop(job, None) is not None:
-                due.append(job)
-        while deadlines and deadlines[0][2] not in self._running:
-            heapq.heappop(deadlines)  # finished in time
-        return due, deadlines[0][0] if deadlines else None
+        running = self._running
+        due: list[Any] = []
+        if not running:
+            return due, None  # nothing running: every turn of an idle loop
+        next_due = None
+        for job, deadline in running.items():
+            if deadline > now:
+                next_due = deadline
+                break
+            due.append(job)
+        for job in due:
+            del running[job]
+        return due, next_due
 
     def clear(self) -> None:
         """Forget every job (their connection is gone: the broker redelivers their messages)."""
         self._running.clear()
-        self._deadlines.clear()
 
 
 def check_consumer_timeout(settings: Settings, service: str) -> bool:

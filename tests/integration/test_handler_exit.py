@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from tchu_rpc import Client, Registry, Worker, current_delivery
+from tchu_rpc import Client, HandlerTimeLimit, Registry, Worker, current_delivery
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 15.0  # bound on each wait; the worker's shutdown_grace in these tests is 10 s
@@ -142,3 +142,33 @@ def test_a_handler_raising_an_exit_stops_the_worker_and_its_message_is_redeliver
     assert handler.handled.wait(WAIT), "the message was not redelivered to the second worker"
     assert handler.runs == [False, True]
     assert outcome() == ("payload" if kind == "call" else None)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("threads", [1, 2], ids=["inline", "lane"])
+def test_a_handler_exiting_after_its_time_limit_settles_its_call_once(
+    tchu: TchuFactory, threads: int
+) -> None:
+    # Given a call handler that runs past the time limit until the test releases it, then exits
+    release = threading.Event()
+    registry = Registry()
+
+    @registry.subscribe("rpc.exits.late")
+    def late(data: Any) -> Any:
+        release.wait(WAIT)
+        raise SystemExit("the handler asks the process to exit, after its caller was answered")
+
+    worker = tchu.worker(registry, name="exits", handler_time_limit=0.5, call_concurrency=threads)
+    client = tchu.client()
+    with pytest.raises(HandlerTimeLimit):
+        client.call("rpc.exits.late", {}, timeout=WAIT)
+    wait_until(lambda: worker._settler.inflight == 0, "the answered call to be settled")
+
+    # When the handler exits at last
+    released = time.monotonic()
+    release.set()
+
+    # Then the worker stops without waiting its grace, and the call was settled once, not twice
+    wait_until(lambda: worker._stopped, "the worker to stop")
+    assert time.monotonic() - released < worker.settings.shutdown_grace / 2
+    assert worker._settler.inflight == 0

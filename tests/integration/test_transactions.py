@@ -7,6 +7,8 @@ the commit-ok and then commits them together.
 
 from __future__ import annotations
 
+import base64
+import struct
 import threading
 import time
 import uuid
@@ -15,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Consumer, Producer, Queue
 from structlog.testing import capture_logs
 
-from tchu_rpc import Registry
+from tchu_rpc import Registry, Settings
 from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc.testing import TchuFactory
 
 WAIT = 10.0
@@ -174,3 +177,52 @@ def test_without_the_fast_path_calls_are_settled_through_py_amqps_public_api(tch
     assert [f.result(timeout=10) for f in futures] == list(range(20))
     assert not worker._loop.fast and not client._loop.fast
     assert not worker._settler.publishers["call"].transactional
+
+
+class RefusingRelay:
+    """Stands in for the relay of a worker whose relayed replies the broker refuses (a nack)."""
+
+    def send(self, send: dict[str, Any], on_done: Callable[[bool], None] | None) -> None:
+        assert on_done is not None
+        on_done(False)
+
+
+def _address_on(node: str) -> str:
+    """Return a direct reply-to address of a caller on `node` (a pid term naming that node)."""
+    name = node.encode()
+    term = bytes([131, 88, 118]) + struct.pack(">H", len(name)) + name + bytes(12)
+    return f"amq.rabbitmq.reply-to.{base64.b64encode(term).decode()}.key"
+
+
+def test_a_request_requeued_after_a_refused_relay_is_committed_at_once(
+    tchu_broker_url: str, durable_queue: str
+) -> None:
+    # Given a request delivered on a transactional call channel, and nothing else to commit there
+    settler = Settler("svc", Settings(), handoff=lambda command: command())
+    settler.relay = RefusingRelay()  # type: ignore[assignment]
+    redelivered: list[Any] = []
+    with Connection(tchu_broker_url, connect_timeout=5) as conn:
+        conn.connect()
+        channel = conn.channel()
+        settler.publishers["call"] = Publisher(conn, channel, on_return=_returned, transactional=True)
+        settler.node = "rabbit@here"
+        Producer(conn.channel()).publish(b"request", exchange="", routing_key=durable_queue)
+        jobs: list[Job] = []
+        Consumer(
+            channel,
+            [Queue(durable_queue, no_declare=True)],
+            callbacks=[lambda body, message: (redelivered if jobs else jobs).append(Job("call", 1, message))],
+            prefetch_count=1,
+        ).consume()
+        _drain_until(settler.publishers["call"], lambda: bool(jobs))
+        settler.received()
+
+        # When its reply, to a caller on another node, is refused by the relay
+        reply = {"body": b"", "exchange": "", "routing_key": _address_on("rabbit@there")}
+        settler.reply_then_ack(jobs[0], reply, [])
+
+        # Then the request is requeued at once (not at a next commit that may never come), and the
+        # settler counts it settled once its requeue is committed
+        _drain_until(settler.publishers["call"], lambda: bool(redelivered))
+        assert [job.message.delivery_info["redelivered"] for job in redelivered] == [True]
+        assert settler.inflight == 0

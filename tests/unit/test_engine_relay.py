@@ -131,3 +131,26 @@ def test_an_address_is_taken_for_gone_for_a_minute_only(monkeypatch: pytest.Monk
     # must not cut a live caller off for good)
     assert harness.done[-1] == ("b", True)
     assert [c for c, _ in publisher.sent] == ["c"]
+
+
+def test_one_at_a_time_ends_once_the_replies_unconfirmed_at_the_close_are_settled() -> None:
+    # Given two replies unconfirmed when the connection failed
+    harness = Harness()
+    harness.take("a")
+    harness.take("b")
+    harness.close(code=320)
+    publisher = harness.connect()
+    assert [c for c, _ in publisher.sent] == ["a"]
+
+    # When replies keep coming while those two go out again one at a time
+    harness.take("x")
+    assert publisher.confirm() == "a"
+    assert [c for c, _ in publisher.sent] == ["b"]
+    harness.take("y")
+    assert publisher.confirm() == "b"
+
+    # Then, once both are settled, what waited goes out at once, and new replies are pipelined
+    assert [c for c, _ in publisher.sent] == ["x", "y"]
+    harness.take("z")
+    assert [c for c, _ in publisher.sent] == ["x", "y", "z"]
+    assert [c for c, _ in harness.done] == ["a", "b"]

@@ -15,7 +15,14 @@ from amqp.method_framing import frame_handler, frame_writer
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 
-from tchu_rpc._amqp.frames import ack_frame, can_read, commit_frame, publish_frames, read_frames
+from tchu_rpc._amqp.frames import (
+    ack_frame,
+    can_read,
+    commit_frame,
+    publish_frames,
+    read_frames,
+    requeue_frame,
+)
 from tchu_rpc.errors import ConnectionLost
 
 Frame = tuple[int, int, bytes]
@@ -223,8 +230,9 @@ def test_publish_frames_are_the_bytes_py_amqp_writes(
     assert publish_frames(3, 4096, "tchu_rpc", "rpc.users.get", mandatory, body, properties) == expected
 
 
-def test_ack_and_commit_frames_are_the_bytes_py_amqp_writes() -> None:
+def test_ack_requeue_and_commit_frames_are_the_bytes_py_amqp_writes() -> None:
     assert ack_frame(3, 2**40 + 7) == py_amqp_frames(spec.Basic.Ack, "Lb", (2**40 + 7, False))
+    assert requeue_frame(3, 2**40 + 7) == py_amqp_frames(spec.Basic.Reject, "Lb", (2**40 + 7, True))
     assert commit_frame(3) == py_amqp_frames(spec.Tx.Commit, "", ())
 
 

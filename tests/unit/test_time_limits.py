@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import weakref
 
 import pytest
 from structlog.testing import capture_logs
@@ -77,3 +78,33 @@ def test_progress_is_an_envelope_apart_from_replies(codec: wire.Codec) -> None:
     assert wire.decode_envelope(codec, body) == wire.Progress({"step": 3})
     assert wire.decode_envelope(codec, wire.encode(codec, wire.Progress(), 1 << 20)) == wire.Progress()
     assert wire.decode_envelope(codec, codec.encode(wire.Result(1))) == wire.Result(1)
+
+
+class _Message:
+    """A delivery's stand-in, weakly referenceable."""
+
+
+class _Job:
+    def __init__(self) -> None:
+        self.message = _Message()
+
+
+def test_finished_jobs_are_forgotten_while_one_handler_runs_long() -> None:
+    # Given one handler that never finishes, started first (its deadline heads the queue)
+    limits = TimeLimits(10.0)
+    stuck = _Job()
+    limits.start(stuck, 0.0)
+
+    # When 100,000 other calls start and finish meanwhile
+    messages = []
+    for n in range(100_000):
+        job = _Job()
+        messages.append(weakref.ref(job.message))
+        limits.start(job, n * 1e-5)
+        limits.finish(job)
+    del job
+
+    # Then no finished call (nor its message) is kept: memory is bounded by what is running
+    assert sum(ref() is not None for ref in messages) == 0
+    assert limits.expired(9.0) == ([], 10.0)
+    assert limits.expired(10.0) == ([stuck], None)
