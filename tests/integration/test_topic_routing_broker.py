@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from tchu_rpc.registry import topic_matches
-from tchu_rpc.testing import HOW_TO_START
+from tchu_rpc.testing.plugin import HOW_TO_START
 
 # Tiny alphabets make collisions between patterns and topics, and so matches, likely.
 _PATTERNS = st.lists(st.sampled_from(["a", "b", "", "*", "#"]), max_size=5).map(".".join)
