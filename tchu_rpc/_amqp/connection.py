@@ -218,7 +218,8 @@ def access_refused(exc: BaseException | None, user: str | None) -> AccessRefused
             return seen
         if isinstance(seen, amqp_errors.AccessRefused):
             operation = seen.method_name or "Connection.open"
-            message = f"{operation} refused for user {user!r}: {seen.reply_text or seen}"
+            who = f" for user {user!r}" if user else ""
+            message = f"{operation} refused{who}: {seen.reply_text or seen}"
             return AccessRefused(message, operation=operation, user=user)
         seen = seen.__cause__
     return None
