@@ -40,13 +40,15 @@ _PROVEN_MAX: Final = 4096
 class Probe:
     """A channel that carries one unsettled call or publish of an unproven topic."""
 
-    __slots__ = ("channel", "closed", "message_id", "publisher")
+    __slots__ = ("answered", "channel", "closed", "message_id", "publisher", "released")
 
     def __init__(self, channel: Any, publisher: Publisher) -> None:
         self.channel = channel
         self.publisher = publisher
         self.message_id = ""
         self.closed = False
+        self.answered = False  # the broker confirmed (or nacked) what it carries
+        self.released = False  # what it carries settled before the broker answered for it
 
 
 class Probes:
@@ -82,22 +84,34 @@ class Probes:
     ) -> tuple[Probe, Publisher, OnConfirm]:
         """Return a probe for `pending`, its publisher, and the confirm callback that proves the topic."""
         probe = self._free.pop() if self._free else self._open()
-        probe.message_id = message_id
-        return probe, probe.publisher, partial(self._confirmed, pending.kind, pending.topic, on_confirm)
+        probe.message_id, probe.answered, probe.released = message_id, False, False
+        return (
+            probe,
+            probe.publisher,
+            partial(self._confirmed, probe, pending.kind, pending.topic, on_confirm),
+        )
 
     def release(self, probe: Probe) -> None:
         """Take `probe` back once what it carried has settled: keep it for the next, or close it."""
         if self.gone or probe.closed:
             return
-        probe.message_id = ""
-        if len(self._free) < _KEEP:
-            self._free.append(probe)
+        probe.message_id = ""  # a refusal from now on fails nobody
+        if not probe.answered:
+            # Kept once the broker has answered for what it carried (`_confirmed`): until then, a
+            # refusal of that message could still close the channel, and must not fail the next one.
+            probe.released = True
             return
-        probe.closed = True
-        try:
-            probe.channel.close()
-        except Exception as exc:  # the connection fails: the loop notices on its next turn
-            logger.debug("probe_close_failed", error=str(exc))
+        self._keep(probe)
+
+    def _keep(self, probe: Probe) -> None:
+        self._free.append(probe)
+        while len(self._free) > _KEEP:  # a command of the loop's: it may wait for the close-ok
+            extra = self._free.pop(0)
+            extra.closed = True
+            try:
+                extra.channel.close()
+            except Exception as exc:  # the connection fails: the loop notices on its next turn
+                logger.debug("probe_close_failed", error=str(exc))
 
     def _open(self) -> Probe:
         channel = self._conn.channel()
@@ -108,13 +122,17 @@ class Probes:
         channel._callbacks[spec.Channel.Close] = partial(self._closed_by_broker, probe)
         return probe
 
-    def _confirmed(self, kind: str, topic: str, on_confirm: OnConfirm, ok: bool) -> None:
+    def _confirmed(self, probe: Probe, kind: str, topic: str, on_confirm: OnConfirm, ok: bool) -> None:
+        probe.answered = True
         if ok:
             proven = self.proven[kind]
             if len(proven) >= _PROVEN_MAX:
                 proven.clear()
             proven.add(topic)
         on_confirm(ok)
+        if probe.released and not (self.gone or probe.closed):
+            probe.released = False
+            self._free.append(probe)  # not `_keep`: no waiting for a close-ok inside a read
 
     def _closed_by_broker(
         self, probe: Probe, reply_code: int, reply_text: str, class_id: int, method_id: int
