@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from functools import partial
 from typing import Any
 
@@ -260,8 +261,10 @@ class Client(ClientAPI):
     ) -> tuple[Publisher, OnConfirm]:
         """Send a topic not yet proven on this connection on a channel of its own (`_client.probes`)."""
         probe, publisher, on_confirm = probes.take(message_id, pending, on_confirm)
-        release = partial(probes.release, probe)
-        pending.future.add_done_callback(lambda _: self._loop.submit(release))
+        release = partial(self._loop.submit, partial(probes.release, probe))
+        # On the settling thread, not the callback thread (`CallFuture`): the release is queued before
+        # the caller's next call is, which then finds the probe free.
+        futures.Future.add_done_callback(pending.future, lambda _: release())
         return publisher, on_confirm
 
     def _confirmed(self, message_id: str, ok: bool) -> None:
