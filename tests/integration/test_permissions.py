@@ -27,6 +27,7 @@ from tchu_rpc import (
     ConfigError,
     ConnectionLost,
     Registry,
+    Retry,
     Settings,
     Worker,
     definitions,
@@ -387,3 +388,50 @@ def test_worker_command_refused_at_start_exits_78_with_the_brokers_text(
     assert done.returncode == EXIT_CONFIG, output
     assert "ACCESS_REFUSED" in output and "AccessRefused" in output and user in output
     assert "ConnectionLost" not in output
+
+
+def test_passive_worker_retries_and_dead_letters_through_the_imported_delay_and_dead_letter_queues(
+    vhost: PrivateVhost,
+) -> None:
+    # Given a service whose event handler fails once and is retried, and one that always fails,
+    # imported with its delay queue and dead-letter queue, and a worker user with the worker role only
+    registry, runs = Registry(), []
+
+    @registry.subscribe("order.placed", retry=Retry(attempts=2, first_delay=0.2, jitter=False))
+    def flaky(data: Any) -> None:
+        runs.append(data)
+        if len(runs) == 1:
+            raise ValueError("first run fails")
+
+    @registry.subscribe("order.broken")
+    def broken(data: Any) -> None:
+        raise ValueError("always fails")
+
+    document = definitions.document({"orders": registry}, Settings(), vhost.name)
+    assert "orders.retry.200ms" in [q["name"] for q in document["queues"]]
+    vhost.load(document)
+    roles = _roles(document)
+    worker_user, worker_url = vhost.user("worker")
+    vhost.grant(worker_user, roles["worker"])
+    caller_user, caller_url = vhost.user("caller")
+    vhost.grant(caller_user, roles["caller"])
+
+    # When events reach it
+    with (
+        Worker(queue="orders", registry=registry, settings=_settings(worker_url, declare="passive")),
+        Client(settings=_settings(caller_url, declare="passive")) as client,
+    ):
+        client.publish("order.placed", {"id": 1})
+        client.publish("order.broken", {"id": 2})
+
+        # Then the failed run is retried through the delay queue, and the broken one is dead-lettered
+        assert _wait_for(lambda: len(runs) == 2, 20), runs
+        assert _wait_for(lambda: _depth(vhost, "orders.dead") == 1, 20)
+
+
+def _depth(vhost: PrivateVhost, queue: str) -> int:
+    for line in _ctl("list_queues", "-p", vhost.name, "-s", "name", "messages").splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return -1

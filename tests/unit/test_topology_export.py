@@ -246,3 +246,12 @@ def test_other_errors_are_not_access_refused() -> None:
 def test_login_is_the_urls_user_and_never_its_password() -> None:
     assert login("amqp://alice:secret@h:5672/v") == "alice"
     assert login("amqps://h:5671/v") is None
+
+
+def test_demo_definitions_command_prints_the_demo_document(
+    handlers_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["demo", "--definitions", "--vhost", "demo"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["tchu_rpc"]["services"] == list(demo.SERVICES)
+    assert {e["vhost"] for e in doc["exchanges"]} == {"demo"}
