@@ -7,6 +7,7 @@ from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.delivery import Delivery, current_delivery, report_progress
 from tchu_rpc.errors import (
+    AccessRefused,
     ArgumentTypeError,
     CallTimeout,
     ConfigError,
@@ -38,6 +39,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AccessRefused",
     "ArgumentTypeError",
     "CallTimeout",
     "Client",

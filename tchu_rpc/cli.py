@@ -1,4 +1,4 @@
-"""The `tchu-rpc` command: a thin shell over the library (worker, call, publish, dead, schema, demo...)."""
+"""The `tchu-rpc` command: a thin shell over the library (worker, topology, call, publish, dead...)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tchu_rpc import dead, demo
+from tchu_rpc import dead, definitions, demo
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import TchuError
@@ -43,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="take over this tchu-tchu service queue (setup_celery_queue's); implies --accept-tchu-tchu",
     )
+    _declare(worker)
     _broker(worker)
+
+    topo = sub.add_parser(
+        "topology", help="print a service's RabbitMQ definitions document and its users' permissions"
+    )
+    topo.add_argument("modules", nargs="+", help="modules (dotted names or .py files) to import")
+    topo.add_argument("--queue", required=True, help="the service's name (queue prefix)")
+    topo.add_argument("--vhost", help="the vhost the definitions are for (default: the broker URL's)")
+    topo.add_argument("--worker-user", metavar="USER", help="also grant USER the worker's permissions")
+    topo.add_argument("--caller-user", metavar="USER", help="also grant USER the caller's permissions")
+    _broker(topo)
 
     for name, text in (
         ("call", "call a topic and print the result"),
@@ -53,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("topic")
         cmd.add_argument("data", help="JSON value")
         cmd.add_argument("--timeout", type=float)
+        _declare(cmd)
         _broker(cmd)
 
     dead_cmd = sub.add_parser("dead", help="list a service's dead letters, or replay them (--replay)")
@@ -73,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_cmd = sub.add_parser("demo", help="run the demo (memory:// unless --broker is given)")
     demo_cmd.add_argument("--broker", default="memory://", help="broker URL (default memory://)")
+    demo_cmd.add_argument("--caller-broker", metavar="URL", help="the demo client's URL (default --broker)")
+    demo_cmd.add_argument(
+        "--definitions", action="store_true", help="print the demo's definitions document instead"
+    )
+    demo_cmd.add_argument("--vhost", help="with --definitions: the vhost (default: the broker URL's)")
+    _declare(demo_cmd)
 
     # Its arguments are the harness's own (`tchu-rpc bench --help` lists them): main() forwards them.
     sub.add_parser(
@@ -81,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the benchmark harness, from a clone of the repository (see `tchu-rpc bench --help`)",
     )
     return parser
+
+
+def _declare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--declare",
+        choices=("declare", "passive"),
+        help="declare exchanges and queues, or only check that they exist (default: TCHU_RPC_DECLARE "
+        "or declare)",
+    )
+    parser.add_argument(
+        "--passive-declare", dest="declare", action="store_const", const="passive", help="--declare passive"
+    )
 
 
 def _broker(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        return demo.run(args.broker)
+        return _demo(args)
     settings = Settings.from_env(
+        declare=getattr(args, "declare", None),
         broker_url=getattr(args, "broker", None),
         call_concurrency=getattr(args, "call_threads", None),
         event_concurrency=getattr(args, "event_threads", None),
@@ -122,6 +153,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return Supervisor(args.modules, args.queue, settings, args.concurrency, args.log_level).run()
     if args.command == "schema":
         return _schema(args, settings)
+    if args.command == "topology":
+        from tchu_rpc.process import import_handlers
+        from tchu_rpc.registry import default_registry
+
+        import_handlers(args.modules)
+        services = {args.queue: default_registry}
+        users = {"worker_user": args.worker_user, "caller_user": args.caller_user}
+        print(definitions.render(services, settings, args.vhost, **users))
+        return 0
     if args.command == "dead":
         return dead.run(
             args.service,
@@ -156,6 +196,13 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.definitions:
+        print(demo.definitions(args.vhost or definitions.vhost_of(Settings(broker_url=args.broker))))
+        return 0
+    return demo.run(args.broker, caller_url=args.caller_broker, declare=args.declare or "declare")
 
 
 def _bench(argv: list[str]) -> int:

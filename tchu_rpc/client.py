@@ -14,16 +14,18 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from functools import partial
 from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import topology, wire
+from tchu_rpc._amqp import passive
 from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
-from tchu_rpc._amqp.connection import is_amqp
-from tchu_rpc._amqp.publisher import Publisher
+from tchu_rpc._amqp.connection import access_refused, is_amqp, login
+from tchu_rpc._amqp.publisher import OnConfirm, Publisher
 from tchu_rpc._client import forks, legacy
 from tchu_rpc._client.api import ClientAPI
 from tchu_rpc._client.arguments import (
@@ -31,10 +33,13 @@ from tchu_rpc._client.arguments import (
 )
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
+from tchu_rpc._client.probes import Probes
 from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.errors import (
+    AccessRefused,
+    ConfigError,
     ConnectionLost,
     PublishFailed,
     TchuError,
@@ -82,6 +87,8 @@ class Client(ClientAPI):
         self._block = BlockWatch("tchu-client", self._send_held)
         self._reply_to = ""
         self._user: str | None = None
+        self._login = login(self.settings.broker_url)  # for errors before a connection names its user
+        self._probes: Probes | None = None  # on AMQP: the channels of unproven topics (`_client.probes`)
         self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
@@ -169,19 +176,31 @@ class Client(ClientAPI):
     # -- the I/O thread -----------------------------------------------------------------------
     def _connected(self, conn: Connection) -> None:
         channel = conn.channel()
-        for exchange in (topology.events_exchange, topology.calls_exchange):
-            exchange(self.settings)(channel).declare()
+        exchanges = [topology.events_exchange(self.settings), topology.calls_exchange(self.settings)]
+        if self.settings.declare == "passive" and is_amqp(conn):
+            passive.check(conn, exchanges, [], "client")  # a permission to configure is not needed
+        else:
+            for exchange in exchanges:
+                exchange(channel).declare()
         self._publisher = Publisher(conn, channel, on_return=self._returned, fast=self._loop.fast)
         # Direct reply-to needs no queue; a virtual transport (memory://) gets a private one.
         direct = Queue(topology.DIRECT_REPLY_TO, no_ack=True, no_declare=True)
         queue = direct if is_amqp(conn) else topology.reply_queue()
         read = legacy.on_reply if self._tchu_tchu else on_reply
         on_message = partial(read, self._inflight, self._callbacks, self.settings.max_message_bytes)
-        Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
+        _consume(queue, on_message, channel)
         self._reply_to = queue.name
         # The login RabbitMQ checks a message's user_id against: the identity a handler can trust.
         self._user = conn.userid if is_amqp(conn) else None
         if is_amqp(conn):
+            self._probes = Probes(
+                conn,
+                on_return=self._returned,
+                consume=partial(_consume, direct, on_message),
+                refused=self._inflight.settle,
+                fast=self._loop.fast,
+                user=self._user,
+            )
             self._block.attach(conn.connection)
         self._send_held()
 
@@ -216,20 +235,37 @@ class Client(ClientAPI):
             props.update(expiration=expiration, reply_to=self._reply_to, correlation_id=message_id)
         else:
             props.update(exchange=self.settings.events_exchange, delivery_mode=2)
-        on_confirm = partial(self._confirmed, message_id)
+        on_confirm: OnConfirm = partial(self._confirmed, message_id)
         if pending.extra is not None:
             headers.update(pending.extra)
         props.update(routing_key=pending.topic, message_id=message_id, headers=headers, user_id=self._user)
+        probes = self._probes
+        if probes is not None and pending.topic not in probes.proven[pending.kind]:
+            publisher, on_confirm = self._probe(probes, message_id, pending, on_confirm)
         publisher.publish(pending.body, on_confirm=on_confirm, **props)
         pending.sent = True
 
     def _send_task(self, publisher: Publisher, message_id: str, pending: Pending, remaining: float) -> None:
         expiration = max(remaining - min(0.1 * remaining, _EXPIRY_MARGIN), 0.001)
         props = legacy.properties(pending, message_id, self._reply_to, expiration)
-        on_confirm = partial(self._confirmed, message_id)
+        on_confirm: OnConfirm = partial(self._confirmed, message_id)
+        probes = self._probes
+        if probes is not None and pending.topic not in probes.proven[pending.kind]:
+            publisher, on_confirm = self._probe(probes, message_id, pending, on_confirm)
         exchange = self.settings.events_exchange  # tchu-tchu sends calls there too
         publisher.publish(pending.body, on_confirm=on_confirm, exchange=exchange, user_id=self._user, **props)
         pending.sent = True
+
+    def _probe(
+        self, probes: Probes, message_id: str, pending: Pending, on_confirm: OnConfirm
+    ) -> tuple[Publisher, OnConfirm]:
+        """Send a topic not yet proven on this connection on a channel of its own (`_client.probes`)."""
+        probe, publisher, on_confirm = probes.take(message_id, pending, on_confirm)
+        release = partial(self._loop.submit, partial(probes.release, probe))
+        # On the settling thread, not the callback thread (`CallFuture`): the release is queued before
+        # the caller's next call is, which then finds the probe free.
+        futures.Future.add_done_callback(pending.future, lambda _: release())
+        return publisher, on_confirm
 
     def _confirmed(self, message_id: str, ok: bool) -> None:
         pending = self._inflight.get(message_id)
@@ -252,11 +288,22 @@ class Client(ClientAPI):
         return next_due
 
     def _expired(self, pending: Pending) -> TchuError:
+        if not pending.sent and self._loop.connection is None:
+            final = self._final(self._loop.last_error)
+            if final is not None:  # a refusal: no reconnection would change it
+                return final
         return expired(pending, self._loop.connection is not None, self._loop.last_error, self._block.reason)
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None
+        if self._probes is not None:
+            self._probes.gone = True
+            self._probes = None
+        final = self._final(exc)
         for message_id, pending in self._inflight.items():
+            if final is not None and _refused(final, pending, self.settings):
+                self._inflight.settle(message_id, final)  # no retry changes it: at once
+                continue
             if not pending.sent:
                 continue
             if pending.retry:
@@ -266,6 +313,27 @@ class Client(ClientAPI):
             lost.__cause__ = exc
             self._inflight.settle(message_id, lost)
 
+    def _final(self, exc: BaseException | None) -> TchuError | None:
+        """Return the error for `exc` if no reconnection changes it: a 403, or missing exchanges."""
+        if isinstance(exc, ConfigError):
+            return exc
+        return access_refused(exc, self._user or self._login)
+
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in self._inflight.items():
             self._inflight.settle(message_id, make_error(pending))
+
+
+def _consume(queue: Queue, on_message: Any, channel: Any) -> None:
+    Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
+
+
+def _refused(error: TchuError, pending: Pending, settings: Settings) -> bool:
+    """Tell whether `error` (a refusal) is `pending`'s: a publish refused names its topic or exchange."""
+    if not isinstance(error, AccessRefused) or error.operation != "Basic.publish":
+        return True  # refused at connect: nothing can be sent
+    text = str(error)
+    if f"topic '{pending.topic}'" in text:
+        return True
+    exchange = settings.calls_exchange if pending.kind == "call" else settings.events_exchange
+    return "topic '" not in text and f"exchange '{exchange}'" in text

@@ -18,6 +18,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 Serializer = Literal["json", "msgpack"]
 QueueType = Literal["classic", "quorum"]
 FailoverStrategy = Literal["round-robin", "shuffle"]
+Declare = Literal["declare", "passive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,11 @@ class Settings:
     shutdown_grace: float = 30.0
     #: Deliveries of one message without an ack before it is dead-lettered (poison messages).
     delivery_limit: int = 5
+    #: What clients and workers do with the exchanges and queues they need: "declare" them (and bind
+    #: a worker's patterns), which needs the configure permission, or only check that they exist
+    #: ("passive"; no permission needed, nothing is bound: the operator declares the topology, see
+    #: docs/permissions.md). A missing one is then a `ConfigError` that names it.
+    declare: Declare = "declare"
     #: Type of the service queues: "quorum" (replicated, recommended) or "classic" (existing set-ups).
     queue_type: QueueType = "classic"
     #: First and largest pause between reconnection attempts, in seconds.
@@ -135,14 +141,11 @@ class Settings:
             )
 
     def _check_choices(self) -> None:
-        if self.serializer not in ("json", "msgpack"):
-            raise ConfigError(f"serializer must be 'json' or 'msgpack', got {self.serializer!r}")
-        if self.queue_type not in ("classic", "quorum"):
-            raise ConfigError(f"queue_type must be 'classic' or 'quorum', got {self.queue_type!r}")
-        if self.failover_strategy not in ("round-robin", "shuffle"):
-            raise ConfigError(
-                f"failover_strategy must be 'round-robin' or 'shuffle', got {self.failover_strategy!r}"
-            )
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                allowed = " or ".join(repr(choice) for choice in choices)
+                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
         if not self.broker_url:
             raise ConfigError("broker_url must not be empty")
         _check_exchange("events_exchange", self.events_exchange)
@@ -221,6 +224,13 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "handler_time_limit": (0, False),
     "broker_consumer_timeout": (0, False),
     "reply_cache_ttl": (0, False),
+}
+#: Settings that take one of a few words, and those words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "serializer": ("json", "msgpack"),
+    "queue_type": ("classic", "quorum"),
+    "failover_strategy": ("round-robin", "shuffle"),
+    "declare": ("declare", "passive"),
 }
 #: Settings that may be None (no limit).
 _OPTIONAL = frozenset({"handler_time_limit", "broker_consumer_timeout"})

@@ -10,15 +10,14 @@ from typing import Any
 from kombu import Connection
 
 from tchu_rpc.client import Client
-from tchu_rpc.config import Settings
+from tchu_rpc.config import Declare, Settings
+from tchu_rpc.definitions import render
 from tchu_rpc.errors import RemoteError, RpcError
 from tchu_rpc.log import mask_url
 from tchu_rpc.registry import Registry
 from tchu_rpc.worker import Worker
 
 USERS = {1: "Ada", 2: "Grace"}
-
-
 #: The demo's services: queue name -> what `services()` returns in that order.
 SERVICES = ("tchu_demo.users", "tchu_demo.mailer")
 
@@ -46,21 +45,44 @@ def services(got_event: dict[str, threading.Event] | None = None) -> tuple[Regis
     return users, mailer
 
 
-def run(broker_url: str = "memory://", out: Any = print) -> int:
-    """Run the demo and print what happens; return the exit code."""
-    settings = Settings(
+def _settings(broker_url: str, declare: Declare = "declare") -> Settings:
+    return Settings(
         broker_url=broker_url,
         events_exchange="tchu_demo_events",
         calls_exchange="tchu_demo_rpc",
         call_timeout=10,
+        declare=declare,
     )
+
+
+def definitions(vhost: str = "/", *, worker_user: str | None = None, caller_user: str | None = None) -> str:
+    """Return the demo services' definitions document for `vhost` (`tchu-rpc demo --definitions`)."""
+    users, mailer = services()
+    registries = {SERVICES[0]: users, SERVICES[1]: mailer}
+    return render(registries, _settings("memory://"), vhost, worker_user=worker_user, caller_user=caller_user)
+
+
+def run(
+    broker_url: str = "memory://",
+    out: Any = print,
+    *,
+    caller_url: str | None = None,
+    declare: Declare = "declare",
+) -> int:
+    """Run the demo and print what happens; return the exit code.
+
+    `caller_url` is the client's (default `broker_url`): a caller may log in as another user than the
+    workers. With `declare="passive"` nothing is declared nor deleted: an administrator imported
+    `definitions()` before.
+    """
+    settings = _settings(broker_url, declare)
     got_event = {"users": threading.Event(), "mailer": threading.Event()}
     users, mailer = services(got_event)
     out(f"tchu_rpc demo on {mask_url(broker_url)}")
     with (
         Worker(queue=SERVICES[0], registry=users, settings=settings),
         Worker(queue=SERVICES[1], registry=mailer, settings=settings),
-        Client(settings=settings) as client,
+        Client(settings=settings.replace(broker_url=caller_url or broker_url)) as client,
     ):
         started = time.perf_counter()
         user = client.call("rpc.users.get", {"id": 1})
@@ -87,8 +109,8 @@ def _ms(started: float) -> str:
 
 
 def _cleanup(settings: Settings) -> None:
-    if settings.broker_url.startswith("memory"):
-        return
+    if settings.broker_url.startswith("memory") or settings.declare == "passive":
+        return  # passive: the topology is the operator's
     with Connection(settings.broker_url, connect_timeout=5) as conn:
         channel = conn.channel()
         for service in SERVICES:

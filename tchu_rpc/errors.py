@@ -14,6 +14,7 @@ TchuError
 ├── NoRoute                         no queue is bound for the topic
 ├── PublishFailed                   the broker refused (nacked) a message
 ├── ConnectionLost (ConnectionError) the connection failed with the message in flight
+├── AccessRefused (PermissionError) the broker refused the user an operation (403); never retried
 ├── RemoteError                     the handler failed; carries type, message, code, details
 │   ├── DeliveryLimitExceeded       the request was delivered `delivery_limit` times (poison)
 │   └── HandlerTimeLimit            the handler outran the worker's `handler_time_limit`
@@ -79,6 +80,27 @@ class PublishFailed(TchuError):
 
 class ConnectionLost(TchuError, ConnectionError):
     """The broker connection failed while the message or call was in flight."""
+
+
+class AccessRefused(TchuError, PermissionError):
+    """The broker refused the user an operation on a resource (AMQP 403 ACCESS_REFUSED).
+
+    No retry changes it: the user's permissions (or topic permissions) do not allow it. `operation`
+    is the AMQP method (`Basic.publish`, `Exchange.declare`, ... or `login`), `user` the login, and
+    the message the broker's text, which names the resource.
+    """
+
+    def __init__(self, message: str, *, operation: str = "", user: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.user = user
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_access_refused, (str(self), self.operation, self.user))
+
+
+def _rebuild_access_refused(message: str, operation: str, user: str | None) -> AccessRefused:
+    return AccessRefused(message, operation=operation, user=user)
 
 
 class RemoteError(TchuError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import ConfigError
+from tchu_rpc.errors import AccessRefused, ConfigError
 from tchu_rpc.log import configure, logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.worker import Worker
@@ -30,7 +30,8 @@ ChildSetup = Callable[[], Sequence[Middleware]]
 _RESTART_DELAY_MAX = 5.0
 _KILL_AFTER = 5.0  # seconds past the grace period before a child is killed
 #: A child's exit code when it cannot start for a reason a restart will not change (EX_CONFIG):
-#: a handler module that does not import, a queue the broker refuses to declare as asked.
+#: a handler module that does not import, a queue the broker refuses to declare as asked, a
+#: missing permission (403) or, with passive declares, a missing exchange or queue.
 EXIT_CONFIG = 78
 #: The supervisor gives up once this many children in a row exited with `EXIT_CONFIG` at start.
 _CONFIG_FAILURES = 3
@@ -67,8 +68,8 @@ def _child_main(
         import_handlers(modules)
         # A ConfigError comes from start(), not later.
         Worker(queue=queue, settings=settings, middleware=middleware).run()
-    except ConfigError as exc:
-        logger.error("worker_start_refused", error=str(exc))
+    except (ConfigError, AccessRefused) as exc:
+        logger.error("worker_start_refused", error=str(exc), error_type=type(exc).__name__)
         errors.put(str(exc))  # the supervisor gives up with it after a few in a row
         sys.exit(EXIT_CONFIG)
 

@@ -16,18 +16,24 @@ Exchanges are durable topic exchanges without arguments, the same as existing de
 Bindings are only ever added, never removed: a worker binds its patterns again on every connection
 (`_worker.consumers` sends them without waiting for each), so a pattern dropped from the code stays
 bound until someone unbinds it.
+
+`service_topology` lists all of a service's exchanges, queues and bindings: what a worker declares
+(or, with `Settings.declare = "passive"`, only checks), and what `tchu_rpc.definitions` writes out
+as a RabbitMQ definitions document. One list, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from kombu import Exchange, Queue, binding
 
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.registry import Kind
+from tchu_rpc.registry import Kind, Registry
 
 DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 #: Prefix of a client's private reply queue (brokers without direct reply-to).
@@ -134,6 +140,61 @@ def retry_queue(service: str, settings: Settings, delay_ms: int) -> Queue:
 def reply_queue() -> Queue:
     """Return a private reply queue for brokers without direct reply-to."""
     return Queue(f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False)
+
+
+def lanes(registry: Registry, settings: Settings) -> list[Kind]:
+    """Return the lanes a worker opens, calls first: its registry's kinds, and events for a legacy queue."""
+    kinds: set[Kind] = set(registry.kinds())
+    if settings.legacy_queue:
+        kinds.add("event")  # the legacy queue is consumed on the events lane
+    return sorted(kinds)
+
+
+def service_legacy_queue(settings: Settings, registry: Registry) -> list[Queue]:
+    """Return the tchu-tchu queue the service takes over, bound with both kinds' patterns (or none)."""
+    if not settings.legacy_queue:
+        return []
+    # tchu-tchu sends events and calls alike to the events exchange: both kinds' patterns.
+    patterns = tuple(sorted({*registry.patterns("event"), *registry.patterns("call")}))
+    return [legacy_queue(settings, patterns)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTopology:
+    """Everything a service needs on the broker, as kombu declarations."""
+
+    lanes: tuple[Queue, ...]  # its call and event queues, with their bindings
+    legacy: tuple[Queue, ...]  # a tchu-tchu queue it takes over: never declared, only checked
+    dead: Queue
+    retries: tuple[Queue, ...]  # delay queues, after the event queue they dead-letter to
+
+    def queues(self) -> list[Queue]:
+        """Return every queue, in the order they are declared."""
+        return [*self.lanes, *self.legacy, self.dead, *self.retries]
+
+    def exchanges(self) -> list[Exchange]:
+        """Return the exchanges the queues are bound to, once each."""
+        found = {b.exchange.name: b.exchange for q in self.queues() for b in sorted_bindings(q)}
+        return list(found.values())
+
+
+def service_topology(
+    service: str, settings: Settings, registry: Registry, delays: Sequence[int]
+) -> ServiceTopology:
+    """Return what `service` needs: lane queues, legacy queue, dead-letter queue, `delays`' delay queues."""
+    return ServiceTopology(
+        lanes=tuple(
+            lane_queue(kind, service, settings, registry.patterns(kind)) for kind in lanes(registry, settings)
+        ),
+        legacy=tuple(service_legacy_queue(settings, registry)),
+        dead=dead_letter_queue(service, settings),
+        retries=tuple(retry_queue(service, settings, delay) for delay in delays),
+    )
+
+
+def sorted_bindings(queue: Queue) -> list[Any]:
+    """Return `queue`'s bindings by exchange and pattern (kombu keeps them in a set)."""
+    return sorted(queue.bindings, key=lambda b: (b.exchange.name, b.routing_key))
 
 
 #: How every caller's reply address begins: direct reply-to, or a client's own reply queue.

@@ -22,7 +22,7 @@ from kombu import Connection, Consumer
 
 from tchu_rpc import topology
 from tchu_rpc._amqp import properties
-from tchu_rpc._amqp.connection import refusal
+from tchu_rpc._amqp.connection import access_refused, login, refusal
 from tchu_rpc._amqp.inline_calls import DeferringLoop
 from tchu_rpc._worker import consumers, legacy, outgoing
 from tchu_rpc._worker.consumers import SetupProgress, declare_service, open_lane, raw_body
@@ -34,7 +34,7 @@ from tchu_rpc._worker.settle import Job, Settler
 from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import ConfigError, ConnectionLost
+from tchu_rpc.errors import AccessRefused, ConfigError, ConnectionLost, TchuError
 from tchu_rpc.log import logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import Kind, Registry, default_registry
@@ -101,7 +101,9 @@ class Worker:
 
         Raises:
             ConfigError: the registry has no handlers, or the broker refused the set-up for good (a
-                queue that exists with other arguments, a missing permission), with its reason.
+                queue that exists with other arguments; with `declare="passive"`, a missing exchange
+                or queue, named), with its reason.
+            AccessRefused: the user may not do what the set-up needs (a 403), with the broker's text.
             ConnectionLost: the broker could not be reached, or the set-up did not finish.
         """
         if not len(self.registry):
@@ -117,10 +119,23 @@ class Worker:
         self._loop.start()
         if (error := progress.wait(self._started, timeout, self.settings) or self._start_error) is not None:
             self.stop(0)
-            where, refused = mask_url(self.settings.broker_url), refusal(error)
-            kind = ConfigError if refused else ConnectionLost  # a refusal that no retry will change
-            raise kind(f"worker {self.service!r} cannot start on {where}: {refused or error}") from error
+            raise self._start_failure(error) from error
         return self
+
+    def _start_failure(self, error: BaseException) -> TchuError:
+        """Return the error `start` raises: a refusal that no retry will change is not a lost connection."""
+        where = mask_url(self.settings.broker_url)
+        denied = access_refused(error, login(self.settings.broker_url))
+        if denied is not None:
+            return AccessRefused(
+                f"worker {self.service!r} cannot start on {where}: {denied}",
+                operation=denied.operation,
+                user=denied.user,
+            )
+        refused = refusal(error)
+        if isinstance(error, ConfigError) or refused:  # a missing queue, one declared otherwise
+            return ConfigError(f"worker {self.service!r} cannot start on {where}: {refused or error}")
+        return ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let in-flight messages finish and be acked, then close; idempotent.
@@ -166,7 +181,7 @@ class Worker:
         self._consumers = {}
         declare_service(conn, self.service, self.settings, self.registry, self._setup_progress)
         self._settler.connected(conn, self.settings.connect_timeout)
-        for kind in consumers.lanes(self.registry, self.settings):  # calls first
+        for kind in topology.lanes(self.registry, self.settings):  # calls first
             self._consume(conn, kind)
         self._cancelled = False
         if self._stop_requested.is_set():

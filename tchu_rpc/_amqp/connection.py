@@ -11,12 +11,13 @@ import threading
 import time
 from typing import Any
 
-from amqp.exceptions import AccessRefused, NotAllowed, NotFound, PreconditionFailed
+from amqp import exceptions as amqp_errors
 from kombu import Connection
+from kombu.utils.url import parse_url
 
 from tchu_rpc._amqp import properties
 from tchu_rpc.config import FailoverStrategy, Settings
-from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.errors import AccessRefused, ConnectionLost
 from tchu_rpc.log import mask_url
 
 
@@ -126,6 +127,9 @@ class _Attempt:
             why = "stopped" if cancel.is_set() else f"no connection within {timeout:g} s"
             outcome = TimeoutError(f"{why} (name lookup, TCP or handshake)")
         if isinstance(outcome, BaseException):
+            refused = access_refused(outcome, login(self.url))
+            if refused is not None:  # a login or vhost refused: no retry changes it
+                raise refused from outcome
             where = mask_url(self.url)
             raise ConnectionLost(
                 f"cannot connect to {where}: {outcome or type(outcome).__name__}"
@@ -183,7 +187,13 @@ def _tcp(settings: Settings) -> dict[int, int]:
 
 #: The broker's refusals that no retry changes: 403 access refused, 404 not found, 406 precondition
 #: failed (a queue that exists with other arguments), 530 not allowed (a vhost).
-_REFUSALS = (AccessRefused, NotFound, PreconditionFailed, NotAllowed)
+_REFUSALS = (
+    amqp_errors.AccessRefused,
+    amqp_errors.NotFound,
+    amqp_errors.PreconditionFailed,
+    amqp_errors.NotAllowed,
+    AccessRefused,
+)
 
 
 def refusal(exc: BaseException) -> str | None:
@@ -194,6 +204,35 @@ def refusal(exc: BaseException) -> str | None:
             return f"the broker refused: {seen}"
         seen = seen.__cause__
     return None
+
+
+def access_refused(exc: BaseException | None, user: str | None) -> AccessRefused | None:
+    """Return `AccessRefused` if `exc` (or what caused it) is the broker's 403, else None.
+
+    It names the AMQP method refused, the login `user` (never a password) and the broker's text,
+    which names the resource (`access to exchange 'x' in vhost 'v' refused for user 'u'`).
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, AccessRefused):
+            return seen
+        if isinstance(seen, amqp_errors.AccessRefused):
+            operation = seen.method_name or "Connection.open"
+            who = f" for user {user!r}" if user else ""
+            message = f"{operation} refused{who}: {seen.reply_text or seen}"
+            return AccessRefused(message, operation=operation, user=user)
+        seen = seen.__cause__
+    return None
+
+
+def login(url: str) -> str | None:
+    """Return the user name in the first broker URL of `url` (None for EXTERNAL, or none given)."""
+    first = Hosts(url).current
+    try:
+        user = parse_url(first).get("userid")
+    except Exception:
+        return None
+    return str(user) if user else None
 
 
 def is_amqp(conn: Connection) -> bool:

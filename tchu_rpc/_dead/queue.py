@@ -25,10 +25,10 @@ import amqp
 from amqp.exceptions import AMQPError, ChannelError, NotFound
 from kombu import Connection
 
-from tchu_rpc._amqp.connection import Hosts, is_amqp, open_connection, refusal
+from tchu_rpc._amqp.connection import Hosts, access_refused, is_amqp, open_connection, refusal
 from tchu_rpc._worker.outgoing import carried, encodable
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import ConfigError, ConnectionLost, PublishFailed, TchuError
+from tchu_rpc.errors import AccessRefused, ConfigError, ConnectionLost, PublishFailed, TchuError
 from tchu_rpc.log import mask_url
 from tchu_rpc.topics import Kind
 from tchu_rpc.topology import check_service
@@ -203,6 +203,9 @@ def _translated(what: str, refused: type[TchuError] = ConnectionLost) -> Iterato
     except TchuError:
         raise  # ours already (a `ConnectionLost` is also an `OSError`)
     except ChannelError as exc:
+        denied = access_refused(exc, None)  # the broker's text names the user
+        if denied is not None:
+            raise AccessRefused(f"{what}: {denied}", operation=denied.operation) from exc
         raise refused(f"{what}: the broker refused: {exc}") from exc
     except (AMQPError, OSError) as exc:
         raise ConnectionLost(f"{what}: {exc or type(exc).__name__}") from exc

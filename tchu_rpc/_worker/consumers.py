@@ -17,6 +17,7 @@ from typing import Any
 from kombu import Connection, Consumer, Queue
 
 from tchu_rpc import topology
+from tchu_rpc._amqp import passive
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import OnReturn, Publisher
 from tchu_rpc._worker import retries
@@ -94,43 +95,31 @@ def start_wait(settings: Settings) -> float:
 def declare_service(
     conn: Connection, service: str, settings: Settings, registry: Registry, progress: SetupProgress
 ) -> None:
-    """Declare `service`'s exchanges, lanes' queues and bindings, dead-letter and retry delay queues."""
+    """Declare `service`'s exchanges, lanes' queues and bindings, dead-letter and retry delay queues.
+
+    With `settings.declare == "passive"` (on AMQP), only check that the exchanges and queues exist,
+    and bind nothing: bindings are the operator's then (see `_amqp.passive`).
+    """
+    plan = topology.service_topology(service, settings, registry, retries.delays(registry.handlers))
+    if settings.declare == "passive" and is_amqp(conn):
+        progress.begin(0)
+        passive.check(conn, plan.exchanges(), plan.queues(), f"worker {service!r}")
+        return
     channel = conn.channel()
-    queues = [
-        topology.lane_queue(kind, service, settings, registry.patterns(kind))
-        for kind in lanes(registry, settings)
-    ]
-    legacy = _legacy_queue(settings, registry)
-    progress.begin(sum(len(queue.bindings) for queue in [*queues, *legacy]))
-    for queue in [*queues, *legacy]:
+    bound = [*plan.lanes, *plan.legacy]
+    progress.begin(sum(len(queue.bindings) for queue in bound))
+    for queue in bound:
         if is_amqp(conn):
-            _declare_and_bind(channel, queue, service, progress, passive=queue in legacy)
+            _declare_and_bind(channel, queue, service, progress, passive=queue in plan.legacy)
         else:  # kombu's virtual transport binds in memory, without round trips
             queue(channel).declare()
             progress.advance(len(queue.bindings))
-    topology.dead_letter_queue(service, settings)(channel).declare()
-    delays = retries.delays(registry.handlers)
-    for delay_ms in delays:  # after the event queue, where they dead-letter to
-        topology.retry_queue(service, settings, delay_ms)(channel).declare()
-    if delays and not is_amqp(conn):
+    plan.dead(channel).declare()
+    for delay_queue in plan.retries:  # after the event queue, where they dead-letter to
+        delay_queue(channel).declare()
+    if plan.retries and not is_amqp(conn):
         logger.warning("retries_not_delayed", service=service, reason="no TTL on this transport")
     channel.close()
-
-
-def lanes(registry: Registry, settings: Settings) -> list[Kind]:
-    """Return the lanes a worker opens, calls first: its registry's kinds, and events for a legacy queue."""
-    kinds: set[Kind] = set(registry.kinds())
-    if settings.legacy_queue:
-        kinds.add("event")  # the legacy queue is consumed on the events lane
-    return sorted(kinds)
-
-
-def _legacy_queue(settings: Settings, registry: Registry) -> list[Queue]:
-    if not settings.legacy_queue:
-        return []
-    # tchu-tchu sends events and calls alike to the events exchange: both kinds' patterns.
-    patterns = tuple(sorted({*registry.patterns("event"), *registry.patterns("call")}))
-    return [topology.legacy_queue(settings, patterns)]
 
 
 def log_consuming(service: str, registry: Registry, settings: Settings) -> None:
@@ -160,7 +149,7 @@ def _declare_and_bind(
         channel.queue_declare(queue=queue.name, passive=True)
     else:
         queue(channel).queue_declare()
-    keys = sorted((b.exchange.name, b.routing_key) for b in queue.bindings)  # kombu keeps a set
+    keys = [(b.exchange.name, b.routing_key) for b in topology.sorted_bindings(queue)]
     began = time.perf_counter()
     for start in range(0, len(keys), _BIND_BATCH):
         batch = keys[start : start + _BIND_BATCH]
@@ -201,7 +190,7 @@ def open_lane(
     channel = conn.channel()
     queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind))]
     if kind == "event":
-        queues += _legacy_queue(settings, registry)
+        queues += topology.service_legacy_queue(settings, registry)
     prefetch = settings.call_concurrency if kind == "call" else settings.event_prefetch
     # Calls settle as transactions (reply and ack committed together, see `publisher`); events,
     # mostly acked with nothing to publish, need no round trip for that.
