@@ -27,7 +27,7 @@ from kombu import Exchange, Queue, binding
 
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.registry import Kind
+from tchu_rpc.registry import Kind, Registry
 
 DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
 #: Prefix of a client's private reply queue (brokers without direct reply-to).
@@ -51,16 +51,20 @@ def check_service(service: str) -> str:
     return service
 
 
-def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
+def call_queue(
+    service: str, settings: Settings, patterns: tuple[str, ...], event_patterns: tuple[str, ...] = ()
+) -> Queue:
     """Return the service's call queue, bound to the calls exchange with `patterns`.
 
     With `accept_tchu_tchu` it is bound with them on the events exchange too: tchu-tchu sends its
-    calls there (`_worker.legacy`).
+    calls there (`_worker.legacy`); but not with the service's `event_patterns`, which bind the
+    event queue there already: its copy runs the call handlers (`legacy.event`), and a second copy
+    would run them twice.
     """
     queue = _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
     if settings.accept_tchu_tchu and not settings.legacy_queue:  # else bound to the legacy queue
         events = events_exchange(settings)
-        queue.bindings |= {binding(events, routing_key=p) for p in patterns}
+        queue.bindings |= {binding(events, routing_key=p) for p in patterns if p not in event_patterns}
     return queue
 
 
@@ -90,9 +94,11 @@ def legacy_queue(settings: Settings, patterns: tuple[str, ...]) -> Queue:
     return Queue(name, bindings=bindings, durable=True, auto_delete=False)
 
 
-def lane_queue(kind: Kind, service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
-    """Return the service's queue of `kind`: its call queue or its event queue, bound with `patterns`."""
-    return (call_queue if kind == "call" else event_queue)(service, settings, patterns)
+def lane_queue(kind: Kind, service: str, settings: Settings, registry: Registry) -> Queue:
+    """Return the service's queue of `kind`: its call queue or its event queue, bound with its patterns."""
+    if kind == "call":
+        return call_queue(service, settings, registry.patterns("call"), registry.patterns("event"))
+    return event_queue(service, settings, registry.patterns("event"))
 
 
 def dead_letter_queue(service: str, settings: Settings) -> Queue:

@@ -81,11 +81,24 @@ def _dropped(inflight: Inflight, correlation_id: str, message: Any) -> None:
         logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
 
 
-def no_route(routing_key: str, exchange: str, text: str) -> NoRoute:
-    """Return the error of a call the broker returned: no queue is bound for its topic."""
+def no_route(routing_key: str, exchange: str, text: str, tchu_tchu: bool = False) -> NoRoute:
+    """Return the error of a call the broker returned: no queue is bound for its topic.
+
+    `tchu_tchu`: the call was sent in tchu-tchu's format (`Settings.tchu_tchu_format`), which only a
+    tchu-tchu worker or a tchu_rpc worker started with `--accept-tchu-tchu` binds for.
+    """
+    if tchu_tchu:
+        hint = (
+            "is a tchu-tchu worker subscribed to it, or a tchu_rpc worker with a handler for it "
+            "started with --accept-tchu-tchu (accept_tchu_tchu=True)? Without that flag a tchu_rpc "
+            "worker binds its calls on the calls exchange only, where tchu-tchu's format never goes"
+        )
+    else:
+        hint = (
+            "is a worker running with a call handler for it (kind='call', or a topic starting with 'rpc.')?"
+        )
     return NoRoute(
-        f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} ({text}); is a "
-        "worker running with a call handler for it (kind='call', or a topic starting with 'rpc.')?"
+        f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} ({text}); {hint}"
     )
 
 

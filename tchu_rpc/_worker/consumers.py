@@ -96,10 +96,7 @@ def declare_service(
 ) -> None:
     """Declare `service`'s exchanges, lanes' queues and bindings, dead-letter and retry delay queues."""
     channel = conn.channel()
-    queues = [
-        topology.lane_queue(kind, service, settings, registry.patterns(kind))
-        for kind in lanes(registry, settings)
-    ]
+    queues = [topology.lane_queue(kind, service, settings, registry) for kind in lanes(registry, settings)]
     legacy = _legacy_queue(settings, registry)
     progress.begin(sum(len(queue.bindings) for queue in [*queues, *legacy]))
     for queue in [*queues, *legacy]:
@@ -142,6 +139,7 @@ def log_consuming(service: str, registry: Registry, settings: Settings) -> None:
         service=service,
         calls=len(calls),
         events=len(events),
+        accept_tchu_tchu=settings.accept_tchu_tchu,
         legacy_queue=settings.legacy_queue,
         **sample,
     )
@@ -199,7 +197,7 @@ def open_lane(
     The events lane consumes the legacy queue too, if any, with the same prefetch.
     """
     channel = conn.channel()
-    queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind))]
+    queues = [topology.lane_queue(kind, service, settings, registry)]
     if kind == "event":
         queues += _legacy_queue(settings, registry)
     prefetch = settings.call_concurrency if kind == "call" else settings.event_prefetch

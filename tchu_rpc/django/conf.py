@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -17,15 +18,18 @@ SUBSCRIBERS_NAME = "TCHU_RPC_SUBSCRIBERS_MODULE"
 _FIELDS = frozenset(f.name for f in fields(Settings))
 
 
-def settings_from_django(**overrides: Any) -> Settings:
-    """Build settings from Django's `TCHU_RPC` dict over the environment; `overrides` win over both."""
+def settings_from_django(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from Django's `TCHU_RPC` dict over the environment; `overrides` win over both.
+
+    `environ`: the variables beneath the dict (default: the process's, as `Settings.from_env`).
+    """
     configured = getattr(django_settings, SETTINGS_NAME, None) or {}
     if not isinstance(configured, dict):
         raise ConfigError(f"{SETTINGS_NAME} must be a dict of settings, not {type(configured).__name__}")
     unknown = sorted(set(configured) - _FIELDS)
     if unknown:
         raise ConfigError(f"{SETTINGS_NAME} has unknown settings: {', '.join(unknown)}")
-    return Settings.from_env(**{**configured, **overrides})
+    return Settings.from_env(environ, **{**configured, **overrides})
 
 
 def subscribers_module() -> str | None:

@@ -12,6 +12,7 @@ from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save
 
 from tchu_rpc.client import Client
+from tchu_rpc.compat.client import tchu_tchu_environ
 from tchu_rpc.django.conf import SETTINGS_NAME, settings_from_django
 from tchu_rpc.errors import ConfigError
 from tchu_rpc.log import logger
@@ -22,11 +23,16 @@ Condition = Callable[[models.Model, str], bool]
 EVENT_TYPES = ("created", "updated", "deleted")
 
 _client: Client | None = None
+_compat_client: Client | None = None
 _client_lock = threading.Lock()
 
 
 def get_client() -> Client:
-    """Return this process's shared client (made on first use from `settings_from_django()`)."""
+    """Return this process's shared client (made on first use from `settings_from_django()`).
+
+    Inside Django, use it (or `Client(settings=settings_from_django())`) rather than `Client()`,
+    which reads only `TCHU_RPC_*` variables, never Django's settings.
+    """
     global _client
     with _client_lock:
         if _client is None:
@@ -34,13 +40,28 @@ def get_client() -> Client:
         return _client
 
 
-def close_client() -> None:
-    """Close the shared client; the next `get_client()` makes a new one (safe when there is none)."""
-    global _client
+def compat_client() -> Client:
+    """Return the client every `tchu_rpc.compat.TchuClient()` shares inside Django.
+
+    Made on first use from `settings_from_django()`, in tchu-tchu's format unless `TCHU_RPC` or
+    `TCHU_RPC_TCHU_TCHU_FORMAT` turn `tchu_tchu_format` off; the app sets it as compat's client
+    factory (`tchu_rpc.compat.set_client_factory`) when Django starts.
+    """
+    global _compat_client
     with _client_lock:
-        client, _client = _client, None
-    if client is not None:
-        client.close()
+        if _compat_client is None:
+            _compat_client = Client(settings=settings_from_django(tchu_tchu_environ()))
+        return _compat_client
+
+
+def close_client() -> None:
+    """Close the shared clients; the next use makes new ones (safe when there are none)."""
+    global _client, _compat_client
+    with _client_lock:
+        clients, _client, _compat_client = (_client, _compat_client), None, None
+    for client in clients:
+        if client is not None:
+            client.close()
 
 
 def _settings_changed(*, setting: str, **_: Any) -> None:

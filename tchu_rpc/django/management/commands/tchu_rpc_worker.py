@@ -26,6 +26,12 @@ class Command(BaseCommand):
             dest="modules",
             help="another handler module (repeatable)",
         )
+        parser.add_argument(
+            "--accept-tchu-tchu",
+            action="store_true",
+            default=None,
+            help="also serve tchu-tchu clients (their calls and events on the events exchange)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -34,6 +40,7 @@ class Command(BaseCommand):
                 processes=options["concurrency"],
                 log_level=options["log_level"],
                 modules=options["modules"],
+                accept_tchu_tchu=options["accept_tchu_tchu"],
             )
         except TchuError as exc:
             raise CommandError(f"{type(exc).__name__}: {exc}") from exc
