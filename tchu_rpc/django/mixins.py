@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django.db import models
+from django.db.models.signals import class_prepared
 
-from tchu_rpc.django.publishing import EVENT_TYPES, model_payload, publish_on_commit
+from tchu_rpc.django.payload import model_payload, warn_sensitive
+from tchu_rpc.django.publishing import EVENT_TYPES, publish_on_commit
 
 
 class EventPublishingMixin(models.Model):
@@ -46,3 +48,11 @@ class EventPublishingMixin(models.Model):
             data = model_payload(self, self.tchu_include_fields, self.tchu_exclude_fields)
         topic = f"{prefix}.{self._meta.model_name}.{event_type}"
         publish_on_commit(topic, data, using=using or self._state.db)
+
+
+def _prepared(sender: type[models.Model], **_: Any) -> None:
+    if issubclass(sender, EventPublishingMixin) and sender.tchu_include_fields is None:
+        warn_sensitive(sender)  # as the model is defined: the fields its events leave out
+
+
+class_prepared.connect(_prepared, dispatch_uid="tchu_rpc.django.mixins.sensitive")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from django.core.signals import setting_changed
 from django.db import models, transaction
@@ -14,6 +13,7 @@ from django.db.models.signals import post_delete, post_save
 from tchu_rpc.client import Client
 from tchu_rpc.compat.client import tchu_tchu_environ
 from tchu_rpc.django.conf import SETTINGS_NAME, settings_from_django
+from tchu_rpc.django.payload import model_payload, warn_sensitive
 from tchu_rpc.errors import ConfigError
 from tchu_rpc.log import logger
 
@@ -97,32 +97,11 @@ def publish_on_commit(
     transaction.on_commit(send, using=using)
 
 
-def model_payload(
-    instance: models.Model,
-    include_fields: Iterable[str] | None = None,
-    exclude_fields: Iterable[str] | None = None,
-) -> dict[str, Any]:
-    """Return the instance's field values (a relation as its key) and `_meta`, as tchu-tchu sends them."""
-    include = set(include_fields) if include_fields is not None else None
-    exclude = set(exclude_fields or ())
-    opts = instance._meta
-    data: dict[str, Any] = {}
-    for field in opts.concrete_fields:
-        if field.name in exclude or (include is not None and field.name not in include):
-            continue
-        data[field.name] = _plain(field.value_from_object(instance))
-    data["_meta"] = {"app_label": opts.app_label, "model_name": opts.model_name, "pk": _plain(instance.pk)}
-    return data
+@overload
+def auto_publish(topic_prefix: M) -> M: ...
 
 
-def _plain(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    return str(value)  # Decimal, UUID, files: their text, as tchu-tchu sends them
-
-
+@overload
 def auto_publish(
     topic_prefix: str | None = None,
     include_fields: Iterable[str] | None = None,
@@ -130,22 +109,57 @@ def auto_publish(
     publish_on: Iterable[str] | None = None,
     client: Client | None = None,
     condition: Condition | None = None,
-) -> Callable[[M], M]:
+) -> Callable[[M], M]: ...
+
+
+def auto_publish(
+    topic_prefix: Any = None,
+    include_fields: Iterable[str] | None = None,
+    exclude_fields: Iterable[str] | None = None,
+    publish_on: Iterable[str] | None = None,
+    client: Client | None = None,
+    condition: Condition | None = None,
+) -> Any:
     """Publish `<prefix>.<model_name>.created|updated|deleted` after each save or delete commits.
 
-    The prefix defaults to the app label (`shop.order.created`). The payload is `model_payload()`,
-    taken when the signal fires; it is sent once the transaction commits, never from one that rolls
-    back. Saves of fixtures (`loaddata`, `raw=True`) publish nothing.
+    Use it as `@auto_publish` or `@auto_publish(...)`. The prefix defaults to the app label
+    (`shop.order.created`). The payload is `model_payload()` (`tchu_rpc.django.payload`: one JSON
+    form per field type; password, token, secret and api_key fields left out unless
+    `include_fields` names them), taken when the signal fires; it is sent once the transaction
+    commits, never from one that rolls back. Saves of fixtures (`loaddata`, `raw=True`) publish
+    nothing. `condition(instance, event_type)` returning false skips one event.
+
+    Raises:
+        ConfigError: an unknown `publish_on` event, or a `topic_prefix` that is neither a string
+            nor a model class.
     """
+    if isinstance(topic_prefix, type) and issubclass(topic_prefix, models.Model):
+        return _decorator(None, None, (), EVENT_TYPES, None, None)(topic_prefix)  # bare @auto_publish
+    if topic_prefix is not None and not isinstance(topic_prefix, str):
+        raise ConfigError(f"auto_publish's topic_prefix is a string, not {type(topic_prefix).__name__}")
     events = tuple(publish_on or EVENT_TYPES)
     wrong = sorted(set(events) - set(EVENT_TYPES))
     if wrong:
         raise ConfigError(f"publish_on takes {', '.join(EVENT_TYPES)}; not {', '.join(wrong)}")
     include = tuple(include_fields) if include_fields is not None else None
     exclude = tuple(exclude_fields or ())
+    return _decorator(topic_prefix, include, exclude, events, client, condition)
 
+
+def _decorator(
+    topic_prefix: str | None,
+    include: tuple[str, ...] | None,
+    exclude: tuple[str, ...],
+    events: tuple[str, ...],
+    client: Client | None,
+    condition: Condition | None,
+) -> Callable[[M], M]:
     def decorate(model: M) -> M:
+        if not (isinstance(model, type) and issubclass(model, models.Model)):
+            raise ConfigError(f"auto_publish decorates a model class, not {model!r}")
         base = f"{topic_prefix or model._meta.app_label}.{model._meta.model_name}"
+        if include is None:
+            warn_sensitive(model)  # now, at import: the fields left out by default
 
         def publish(instance: models.Model, event_type: str, using: str | None) -> None:
             if event_type in events and (condition is None or condition(instance, event_type)):
