@@ -13,6 +13,8 @@ from tchu_rpc.errors import ConfigError
 
 #: The Django setting that holds tchu_rpc's settings: a dict keyed by `Settings` field names.
 SETTINGS_NAME = "TCHU_RPC"
+#: The Django setting that sends `auto_publish`'s and the mixin's events through the outbox (default False).
+OUTBOX_NAME = "TCHU_RPC_OUTBOX"
 #: The Django setting naming the module imported from each installed app (default `subscribers`).
 SUBSCRIBERS_NAME = "TCHU_RPC_SUBSCRIBERS_MODULE"
 _FIELDS = frozenset(f.name for f in fields(Settings))
@@ -36,3 +38,8 @@ def subscribers_module() -> str | None:
     """Return the name of the module imported from each installed app (None or "": import none)."""
     name = getattr(django_settings, SUBSCRIBERS_NAME, "subscribers")
     return str(name) if name else None
+
+
+def outbox_default() -> bool:
+    """Tell whether model events go through the transactional outbox (`TCHU_RPC_OUTBOX`)."""
+    return bool(getattr(django_settings, OUTBOX_NAME, False))

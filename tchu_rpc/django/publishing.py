@@ -12,7 +12,7 @@ from django.db.models.signals import post_delete, post_save
 
 from tchu_rpc.client import Client
 from tchu_rpc.compat.client import tchu_tchu_environ
-from tchu_rpc.django.conf import SETTINGS_NAME, settings_from_django
+from tchu_rpc.django.conf import SETTINGS_NAME, outbox_default, settings_from_django
 from tchu_rpc.django.payload import model_payload, warn_sensitive
 from tchu_rpc.errors import ConfigError
 from tchu_rpc.log import logger
@@ -73,14 +73,26 @@ setting_changed.connect(_settings_changed, dispatch_uid="tchu_rpc.django.setting
 
 
 def publish_on_commit(
-    topic: str, data: Any, *, using: str | None = None, client: Client | None = None
+    topic: str,
+    data: Any,
+    *,
+    using: str | None = None,
+    client: Client | None = None,
+    outbox: bool = False,
 ) -> None:
     """Publish the event `topic` once the transaction on `using` commits; nothing if it rolls back.
 
     Outside a transaction (autocommit) it publishes at once. A publish that fails after the commit
     is logged (`event_publish_failed`) and not raised: the data is committed and the caller's
-    other on-commit callbacks still run.
+    other on-commit callbacks still run. With `outbox`, the event is written now to the outbox
+    table, in the same transaction, and a relay publishes it (`tchu_rpc.django.outbox`): nothing
+    waits for the broker and nothing is lost while it is away.
     """
+    if outbox:
+        from tchu_rpc.django import outbox as table  # its model needs the app registry
+
+        table.write(topic, data, using=using)
+        return
 
     def send() -> None:
         try:
@@ -109,6 +121,7 @@ def auto_publish(
     publish_on: Iterable[str] | None = None,
     client: Client | None = None,
     condition: Condition | None = None,
+    outbox: bool | None = None,
 ) -> Callable[[M], M]: ...
 
 
@@ -119,6 +132,7 @@ def auto_publish(
     publish_on: Iterable[str] | None = None,
     client: Client | None = None,
     condition: Condition | None = None,
+    outbox: bool | None = None,
 ) -> Any:
     """Publish `<prefix>.<model_name>.created|updated|deleted` after each save or delete commits.
 
@@ -127,14 +141,15 @@ def auto_publish(
     form per field type; password, token, secret and api_key fields left out unless
     `include_fields` names them), taken when the signal fires; it is sent once the transaction
     commits, never from one that rolls back. Saves of fixtures (`loaddata`, `raw=True`) publish
-    nothing. `condition(instance, event_type)` returning false skips one event.
+    nothing. `condition(instance, event_type)` returning false skips one event. `outbox` writes
+    the event to the transactional outbox instead (None: the `TCHU_RPC_OUTBOX` setting's choice).
 
     Raises:
         ConfigError: an unknown `publish_on` event, or a `topic_prefix` that is neither a string
             nor a model class.
     """
     if isinstance(topic_prefix, type) and issubclass(topic_prefix, models.Model):
-        return _decorator(None, None, (), EVENT_TYPES, None, None)(topic_prefix)  # bare @auto_publish
+        return _decorator(None, None, (), EVENT_TYPES, None, None, None)(topic_prefix)  # bare
     if topic_prefix is not None and not isinstance(topic_prefix, str):
         raise ConfigError(f"auto_publish's topic_prefix is a string, not {type(topic_prefix).__name__}")
     events = tuple(publish_on or EVENT_TYPES)
@@ -143,7 +158,7 @@ def auto_publish(
         raise ConfigError(f"publish_on takes {', '.join(EVENT_TYPES)}; not {', '.join(wrong)}")
     include = tuple(include_fields) if include_fields is not None else None
     exclude = tuple(exclude_fields or ())
-    return _decorator(topic_prefix, include, exclude, events, client, condition)
+    return _decorator(topic_prefix, include, exclude, events, client, condition, outbox)
 
 
 def _decorator(
@@ -153,6 +168,7 @@ def _decorator(
     events: tuple[str, ...],
     client: Client | None,
     condition: Condition | None,
+    outbox: bool | None,
 ) -> Callable[[M], M]:
     def decorate(model: M) -> M:
         if not (isinstance(model, type) and issubclass(model, models.Model)):
@@ -164,7 +180,8 @@ def _decorator(
         def publish(instance: models.Model, event_type: str, using: str | None) -> None:
             if event_type in events and (condition is None or condition(instance, event_type)):
                 data = model_payload(instance, include, exclude)
-                publish_on_commit(f"{base}.{event_type}", data, using=using, client=client)
+                to_outbox = outbox_default() if outbox is None else outbox
+                publish_on_commit(f"{base}.{event_type}", data, using=using, client=client, outbox=to_outbox)
 
         def saved(sender: Any, instance: models.Model, created: bool, raw: bool = False, **kw: Any) -> None:
             if not raw:
