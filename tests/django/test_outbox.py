@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import ALL_ALIASES
+from conftest import ALL_ALIASES, PROJECT
 from django.db import connections, transaction
 from django.test import override_settings
 from django.utils import timezone
@@ -194,3 +198,52 @@ def test_saving_through_the_outbox_makes_no_client(using: str) -> None:
         Order.objects.using(using).create(item="tea")  # autocommit
     assert OutboxEvent.objects.using(using).count() == 1
     assert publishing._client is None  # nothing connected to publish
+
+
+def _command(tchu: TchuFactory, log: Any, *args: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TCHU_TEST_DATABASE": "postgres",
+        "TCHU_RPC_BROKER_URL": tchu.settings.broker_url,
+        "TCHU_RPC_EVENTS_EXCHANGE": tchu.settings.events_exchange,
+        "TCHU_RPC_CALLS_EXCHANGE": tchu.settings.calls_exchange,
+    }
+    command = [sys.executable, "manage.py", *args]
+    return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["tchu_rpc_outbox"], ["tchu_rpc_worker", "--queue", "{queue}", "--outbox"]],
+    ids=["outbox", "worker"],
+)
+def test_the_commands_relay_the_outbox_until_stopped(
+    tchu: TchuFactory, django_databases: None, tmp_path: Any, command: list[str]
+) -> None:
+    # Given events in PostgreSQL's outbox, and a subscriber
+    OutboxEvent.objects.using("postgres").all().delete()
+    for n in range(20):
+        OutboxEvent.objects.using("postgres").create(topic="shop.order.created", data={"_meta": {"pk": n}})
+    collector = Collector(tchu)
+    # When the command runs, then every event arrives, in order
+    with (tmp_path / "command.log").open("w") as log:
+        proc = _command(tchu, log, *(arg.format(queue=tchu.service("shop")) for arg in command))
+        try:
+            events = collector.take(20)
+        finally:
+            code = _stop(proc)
+    assert [pk for _, _, _, pk in events] == list(range(20)), (tmp_path / "command.log").read_text()
+    # and it stops cleanly on SIGTERM, every row marked sent.
+    assert code == 0, (tmp_path / "command.log").read_text()
+    assert not OutboxEvent.objects.using("postgres").filter(sent_at__isnull=True).exists()
+    OutboxEvent.objects.using("postgres").all().delete()
