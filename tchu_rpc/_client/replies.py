@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from tchu_rpc import log, wire
+from tchu_rpc import _pydantic, log, wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
 from tchu_rpc.errors import (
@@ -127,6 +127,8 @@ def _typed(details: Any, error_type: Any) -> Any:
     if details is None or error_type is Any:
         return details
     try:
+        if _pydantic.is_model(error_type):
+            return _pydantic.validate(error_type, details)
         return msgspec.convert(details, error_type, strict=False)
     except msgspec.ValidationError:
         return details  # another error than the declared one (a worker's, say): kept as data
