@@ -80,7 +80,7 @@ class TchuClient:
 
     Args:
         celery_app: accepted and ignored (tchu_rpc needs no Celery); the broker is the shared
-            client's, `TCHU_RPC_BROKER_URL` by default.
+            client's: `TCHU_RPC_BROKER_URL` by default, Django's `TCHU_RPC` with `tchu_rpc.django`.
         client: the `tchu_rpc.Client` to use; default: the shared one (see the module's notes).
     """
 
