@@ -279,7 +279,7 @@ class Client(ClientAPI):
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""
-        self._inflight.settle(message_id, no_route(routing_key, exchange, text))
+        self._inflight.settle(message_id, no_route(routing_key, exchange, text, self._tchu_tchu))
 
     def _expire(self, now: float) -> float | None:
         due, next_due = self._inflight.due(now)

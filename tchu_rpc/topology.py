@@ -57,16 +57,20 @@ def check_service(service: str) -> str:
     return service
 
 
-def call_queue(service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
+def call_queue(
+    service: str, settings: Settings, patterns: tuple[str, ...], event_patterns: tuple[str, ...] = ()
+) -> Queue:
     """Return the service's call queue, bound to the calls exchange with `patterns`.
 
     With `accept_tchu_tchu` it is bound with them on the events exchange too: tchu-tchu sends its
-    calls there (`_worker.legacy`).
+    calls there (`_worker.legacy`); but not with the service's `event_patterns`, which bind the
+    event queue there already: its copy runs the call handlers (`legacy.event`), and a second copy
+    would run them twice.
     """
     queue = _bound_queue(f"{service}.calls", calls_exchange(settings), patterns, settings)
     if settings.accept_tchu_tchu and not settings.legacy_queue:  # else bound to the legacy queue
         events = events_exchange(settings)
-        queue.bindings |= {binding(events, routing_key=p) for p in patterns}
+        queue.bindings |= {binding(events, routing_key=p) for p in patterns if p not in event_patterns}
     return queue
 
 
@@ -96,9 +100,11 @@ def legacy_queue(settings: Settings, patterns: tuple[str, ...]) -> Queue:
     return Queue(name, bindings=bindings, durable=True, auto_delete=False)
 
 
-def lane_queue(kind: Kind, service: str, settings: Settings, patterns: tuple[str, ...]) -> Queue:
-    """Return the service's queue of `kind`: its call queue or its event queue, bound with `patterns`."""
-    return (call_queue if kind == "call" else event_queue)(service, settings, patterns)
+def lane_queue(kind: Kind, service: str, settings: Settings, registry: Registry) -> Queue:
+    """Return the service's queue of `kind`: its call queue or its event queue, bound with its patterns."""
+    if kind == "call":
+        return call_queue(service, settings, registry.patterns("call"), registry.patterns("event"))
+    return event_queue(service, settings, registry.patterns("event"))
 
 
 def dead_letter_queue(service: str, settings: Settings) -> Queue:
@@ -183,9 +189,7 @@ def service_topology(
 ) -> ServiceTopology:
     """Return what `service` needs: lane queues, legacy queue, dead-letter queue, `delays`' delay queues."""
     return ServiceTopology(
-        lanes=tuple(
-            lane_queue(kind, service, settings, registry.patterns(kind)) for kind in lanes(registry, settings)
-        ),
+        lanes=tuple(lane_queue(kind, service, settings, registry) for kind in lanes(registry, settings)),
         legacy=tuple(service_legacy_queue(settings, registry)),
         dead=dead_letter_queue(service, settings),
         retries=tuple(retry_queue(service, settings, delay) for delay in delays),

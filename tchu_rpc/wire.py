@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tchu_rpc import _pydantic
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
 
 PROTOCOL_VERSION: Final = 1
@@ -80,6 +81,8 @@ class Progress(msgspec.Struct, frozen=True, tag="progress", omit_defaults=True):
 def envelope_for(response: Any) -> Any:
     """Return what a reply decodes into when its result must be a `response` (cached per type)."""
     envelope = _ENVELOPES.get(response)
+    if envelope is None and _pydantic.is_model(response):
+        envelope = _ENVELOPES[response] = _pydantic.Envelope(response)
     if envelope is None:
         typed = msgspec.defstruct(
             "Result", [("result", response, None)], tag="result", frozen=True, omit_defaults=True
@@ -124,22 +127,22 @@ class Codec:
             raise DecodeError(f"cannot decode {self.content_type} body: {exc}") from exc
 
 
-def _enc_hook(obj: Any) -> Any:
-    raise NotImplementedError(f"objects of type {type(obj).__name__} cannot be encoded")
-
+_ANY_ENVELOPE: Final = Result | Failure | Progress
+#: Only types msgspec does not know reach the hook: a pydantic model is dumped, anything else refused.
+_enc_hook = _pydantic.dump
 
 _CODECS: Final = {
     JSON: Codec(
         JSON,
         "utf-8",
         msgspec.json.Encoder(enc_hook=_enc_hook).encode,
-        lambda t: msgspec.json.Decoder(t),
+        _pydantic.decoder_factory(msgspec.json.Decoder, _ANY_ENVELOPE, Result),
     ),
     MSGPACK: Codec(
         MSGPACK,
         "binary",
         msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode,
-        lambda t: msgspec.msgpack.Decoder(t),
+        _pydantic.decoder_factory(msgspec.msgpack.Decoder, _ANY_ENVELOPE, Result),
     ),
 }
 _BY_SERIALIZER: Final = {"json": _CODECS[JSON], "msgpack": _CODECS[MSGPACK]}

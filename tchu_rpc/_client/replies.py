@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from tchu_rpc import log, wire
+from tchu_rpc import _pydantic, log, wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
 from tchu_rpc.errors import (
@@ -81,11 +81,24 @@ def _dropped(inflight: Inflight, correlation_id: str, message: Any) -> None:
         logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
 
 
-def no_route(routing_key: str, exchange: str, text: str) -> NoRoute:
-    """Return the error of a call the broker returned: no queue is bound for its topic."""
+def no_route(routing_key: str, exchange: str, text: str, tchu_tchu: bool = False) -> NoRoute:
+    """Return the error of a call the broker returned: no queue is bound for its topic.
+
+    `tchu_tchu`: the call was sent in tchu-tchu's format (`Settings.tchu_tchu_format`), which only a
+    tchu-tchu worker or a tchu_rpc worker started with `--accept-tchu-tchu` binds for.
+    """
+    if tchu_tchu:
+        hint = (
+            "is a tchu-tchu worker subscribed to it, or a tchu_rpc worker with a handler for it "
+            "started with --accept-tchu-tchu (accept_tchu_tchu=True)? Without that flag a tchu_rpc "
+            "worker binds its calls on the calls exchange only, where tchu-tchu's format never goes"
+        )
+    else:
+        hint = (
+            "is a worker running with a call handler for it (kind='call', or a topic starting with 'rpc.')?"
+        )
     return NoRoute(
-        f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} ({text}); is a "
-        "worker running with a call handler for it (kind='call', or a topic starting with 'rpc.')?"
+        f"no service is bound for call topic {routing_key!r} on exchange {exchange!r} ({text}); {hint}"
     )
 
 
@@ -114,6 +127,8 @@ def _typed(details: Any, error_type: Any) -> Any:
     if details is None or error_type is Any:
         return details
     try:
+        if _pydantic.is_model(error_type):
+            return _pydantic.validate(error_type, details)
         return msgspec.convert(details, error_type, strict=False)
     except msgspec.ValidationError:
         return details  # another error than the declared one (a worker's, say): kept as data

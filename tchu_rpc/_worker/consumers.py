@@ -131,6 +131,7 @@ def log_consuming(service: str, registry: Registry, settings: Settings) -> None:
         service=service,
         calls=len(calls),
         events=len(events),
+        accept_tchu_tchu=settings.accept_tchu_tchu,
         legacy_queue=settings.legacy_queue,
         **sample,
     )
@@ -188,7 +189,7 @@ def open_lane(
     The events lane consumes the legacy queue too, if any, with the same prefetch.
     """
     channel = conn.channel()
-    queues = [topology.lane_queue(kind, service, settings, registry.patterns(kind))]
+    queues = [topology.lane_queue(kind, service, settings, registry)]
     if kind == "event":
         queues += topology.service_legacy_queue(settings, registry)
     prefetch = settings.call_concurrency if kind == "call" else settings.event_prefetch

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from tchu_rpc import reply_cache, topology, wire
-from tchu_rpc._worker import legacy, retries
+from tchu_rpc._worker import legacy, retries, unaccepted
 from tchu_rpc._worker.invoke import invoke
 from tchu_rpc._worker.messages import delivery_of, describe, republished, topic_of, user_of
 from tchu_rpc.config import Settings
@@ -137,6 +137,10 @@ class Dispatcher:
             message, refused = legacy.native_event(message, self.limit)
             if refused is not None:
                 return cast(Outcome, refused)
+        else:
+            refusal = unaccepted.refusal(self.service, message, self.limit)
+            if refusal is not None:  # Celery's task body is not the data: no handler sees it
+                return Outcome(reply=refusal[1], dead_reason=refusal[0])
         return self._event(message)
 
     def _event(self, message: Any) -> Outcome:

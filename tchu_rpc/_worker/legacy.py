@@ -30,9 +30,11 @@ declared, on the events lane, and acks each message after handling it (Celery ac
 `tchu_tchu.dispatch_event` task as it starts it: tchu-tchu sets no `acks_late`). A message
 Celery prefetched but had not started when it stopped is redelivered to tchu_rpc.
 
-Trust: `reply_to` of a tchu-tchu call is a Celery reply queue, which is named by a UUID. Only such a
-name is answered (anything else is dead-lettered as `BadReplyTo`), so a publisher allowed on the
-events exchange can make the worker publish a result into a queue named by a UUID, and nowhere else.
+Trust: `reply_to` of a tchu-tchu call is a Celery reply queue, which is named by a UUID, or RabbitMQ's
+direct reply-to address (`amq.rabbitmq.reply-to.*`, as the broker rewrites it), which
+`tchu_rpc.compat.TchuClient` asks its answers on. Only such a name is answered (anything else is
+dead-lettered as `BadReplyTo`), so a publisher allowed on the events exchange can make the worker
+publish a result into a queue named by a UUID or to a caller's channel, and nowhere else.
 """
 
 from __future__ import annotations
@@ -210,12 +212,21 @@ def as_event(message: Any, task: Task) -> Any:
     return _View(message, _JSON.encode(task.payload))
 
 
+#: Why a tchu-tchu call's `reply_to` is refused, when it is neither of the addresses answered.
+REPLY_TO_EXPECTED: Final = "a Celery reply queue (a UUID) or a direct reply-to address"
+_DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to."
+
+
 def answerable(message: Any) -> bool:
-    """Tell whether a tchu-tchu call names a Celery reply queue and a correlation id to answer."""
+    """Tell whether a tchu-tchu call names a reply address (`REPLY_TO_EXPECTED`) and a correlation id.
+
+    The direct reply-to address is the one RabbitMQ rewrote (`amq.rabbitmq.reply-to.<token>`): the
+    bare pseudo-queue name is what a caller publishes, never what a worker receives.
+    """
     reply_to = message.properties.get("reply_to")
     return bool(
         isinstance(reply_to, str)
-        and _CELERY_REPLY_QUEUE.match(reply_to)
+        and (_CELERY_REPLY_QUEUE.match(reply_to) or reply_to.startswith(_DIRECT_REPLY_TO))
         and message.properties.get("correlation_id")
     )
 
@@ -226,7 +237,7 @@ def call(dispatcher: Any, task: Task, message: Any, received: float | None) -> A
 
     reply_to = message.properties.get("reply_to")
     if task.is_rpc and reply_to and not answerable(message):
-        reason = f"reply_to {reply_to!r} is not a Celery reply queue (a UUID)"
+        reason = f"reply_to {reply_to!r} is not {REPLY_TO_EXPECTED}"
         logger.warning("request_refused", service=dispatcher.service, reason=reason, **describe(message))
         return Outcome(dead_reason=f"BadReplyTo: {reason}")
     delivery = delivery_of("call", message, received)

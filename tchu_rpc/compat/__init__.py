@@ -11,7 +11,7 @@ Celery's parts (`create_topic_dispatcher`, `setup_celery_queue`) raise `ConfigEr
 replaces them.
 """
 
-from tchu_rpc.compat.client import TchuClient, default_client, set_default_client
+from tchu_rpc.compat.client import TchuClient, default_client, set_client_factory, set_default_client
 from tchu_rpc.compat.errors import (
     ConnectionError,
     PublishError,
@@ -44,6 +44,7 @@ __all__ = [
     "default_client",
     "get_subscribed_routing_keys",
     "registering_on",
+    "set_client_factory",
     "set_default_client",
     "setup_celery_queue",
     "subscribe",

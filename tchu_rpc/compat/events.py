@@ -116,7 +116,8 @@ class TchuEvent:
             raise ValueError(f"No handler defined for event topic '{self.topic}'")
         handler_name = getattr(self.handler, "__name__", "handler")
         handler_id = f"{type(self).__module__}.{type(self).__name__}.{handler_name}"
-        register(self.topic, self._receive, f"{type(self).__name__}_{handler_name}")
+        name = f"{type(self).__name__}_{handler_name}"
+        register(self.topic, self._receive, name, celery_options=self.celery_options)
         return handler_id
 
     def _received(self) -> TchuEvent:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from tchu_rpc.compat.celery_options import retry_from
 from tchu_rpc.errors import ConfigError
 from tchu_rpc.registry import Registry, default_registry
 from tchu_rpc.topics import Kind, default_kind, topic_matches, words
@@ -80,8 +81,18 @@ def without_meta(data: Any) -> Any:
     return data
 
 
-def register(pattern: str, fn: Callable[[Any], Any], name: str, kind: Kind | None = None) -> None:
-    """Register `fn(data)` for `pattern` on the current registry, as `kinds_for` says."""
+def register(
+    pattern: str,
+    fn: Callable[[Any], Any],
+    name: str,
+    kind: Kind | None = None,
+    celery_options: dict[str, Any] | None = None,
+) -> None:
+    """Register `fn(data)` for `pattern` on the current registry, as `kinds_for` says.
+
+    `celery_options`' retries apply to the event handler (`compat.celery_options`).
+    """
+    retry = retry_from(celery_options, pattern)
 
     def handler(data: Any) -> Any:
         return fn(without_meta(data))
@@ -90,7 +101,7 @@ def register(pattern: str, fn: Callable[[Any], Any], name: str, kind: Kind | Non
     handler.__module__ = getattr(fn, "__module__", __name__)
     registry = current_registry()
     for each in kinds_for(pattern, kind):
-        registry.add(pattern, handler, kind=each)
+        registry.add(pattern, handler, kind=each, retry=retry if each == "event" else None)
 
 
 def subscribe(
@@ -106,12 +117,14 @@ def subscribe(
 
     `*` matches one word and `#` zero or more, as RabbitMQ routes (tchu-tchu's local matching let
     `user.*` take `user.profile.updated` and did not know `#`). `name` and `handler_id` name the
-    handler in logs; `metadata` and `celery_options` are accepted and ignored (for retries of event
-    handlers, use `tchu_rpc.subscribe(..., retry=Retry(...))`).
+    handler in logs; `metadata` is accepted and ignored. `celery_options`' retry options give the
+    event handler Celery's retries as a `tchu_rpc.Retry`; the others are named in a warning
+    (`compat.celery_options`).
     """
 
     def decorate(fn: F) -> F:
-        register(routing_key, fn, str(name or handler_id or getattr(fn, "__qualname__", "handler")), kind)
+        label = str(name or handler_id or getattr(fn, "__qualname__", "handler"))
+        register(routing_key, fn, label, kind, celery_options)
         return fn
 
     return decorate

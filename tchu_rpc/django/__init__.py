@@ -14,13 +14,8 @@ Nothing in the core of tchu_rpc imports this package.
 """
 
 from tchu_rpc.django.conf import settings_from_django
-from tchu_rpc.django.publishing import (
-    auto_publish,
-    close_client,
-    get_client,
-    model_payload,
-    publish_on_commit,
-)
+from tchu_rpc.django.payload import model_payload
+from tchu_rpc.django.publishing import auto_publish, close_client, get_client, publish_on_commit
 
 __all__ = [
     "auto_publish",

@@ -1,4 +1,4 @@
-"""The Django app: import each installed app's subscribers module once the app registry is ready."""
+"""The Django app: import each installed app's subscribers module; point `TchuClient()` at `TCHU_RPC`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ class TchuRpcConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from tchu_rpc.compat.client import set_client_factory
+        from tchu_rpc.django.publishing import compat_client
+
+        # `TchuClient()` inside Django reads the `TCHU_RPC` dict, as `get_client()` does.
+        set_client_factory(compat_client)
         import_subscribers()
 
 

@@ -34,9 +34,19 @@ def set_up_child() -> list[Middleware]:
     return [CloseOldConnections()]
 
 
-def run(queue: str, *, processes: int = 1, log_level: str = "info", modules: list[str] | None = None) -> int:
-    """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code."""
+def run(
+    queue: str,
+    *,
+    processes: int = 1,
+    log_level: str = "info",
+    modules: list[str] | None = None,
+    accept_tchu_tchu: bool | None = None,
+) -> int:
+    """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code.
+
+    `accept_tchu_tchu` (None: the setting's) also serves tchu-tchu clients (`Settings.accept_tchu_tchu`).
+    """
     modules = list(modules or ())
     import_handlers(modules)  # fail fast here, before spawning children
-    settings = settings_from_django()
+    settings = settings_from_django(accept_tchu_tchu=accept_tchu_tchu)
     return Supervisor(modules, queue, settings, processes, log_level, setup=set_up_child).run()

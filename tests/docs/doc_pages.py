@@ -12,6 +12,8 @@ PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 
 _FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>[^>]*?)\s*-->\s*\Z")
+#: A block another test runs as it stands (`tests/integration/test_migration_guide.py`, on RabbitMQ).
+_GUIDE_TEST = re.compile(r"<!--\s*guide-test:\s*[\w-]+\s*-->\s*\Z")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(?P<title>.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
@@ -26,6 +28,8 @@ class Block:
     lang: str
     code: str
     not_run: str | None
+    #: Run by a test of its own (`<!-- guide-test: NAME -->`), not in the page's namespace.
+    guide_test: bool = False
 
     @property
     def where(self) -> str:
@@ -37,10 +41,12 @@ def blocks(page: Path) -> list[Block]:
     text = page.read_text()
     found = []
     for match in _FENCE.finditer(text):
-        marked = _NOT_RUN.search(text[: match.start()].rstrip() + "\n" if match.start() else "")
+        before = text[: match.start()].rstrip() + "\n" if match.start() else ""
+        marked = _NOT_RUN.search(before)
         line = text.count("\n", 0, match.start()) + 2  # the block's first line of code
         reason = marked.group("reason") if marked else None
-        found.append(Block(page, line, match.group("lang"), match.group("code"), reason))
+        guide = _GUIDE_TEST.search(before) is not None
+        found.append(Block(page, line, match.group("lang"), match.group("code"), reason, guide))
     return found
 
 

@@ -9,6 +9,8 @@ Convention for code blocks in README.md and docs/*.md:
 - a block that cannot run (a fragment of a settings file, a Dockerfile) uses another language
   (```text, ```ini, ```sh); a Python block that cannot run follows `<!-- not-run: reason -->`, and
   there are at most `MAX_NOT_RUN` of those in all the docs;
+- a ```python block after `<!-- guide-test: NAME -->` runs in the test that names it
+  (`tests/integration/test_migration_guide.py`, against RabbitMQ and a real worker);
 - a ```python block that starts with `# file: NAME.py` is a file of an example project: the page's
   own test (`tests/docs/test_<page>_doc.py`) writes its files and runs them;
 - ```sh lines that run `tchu-rpc SUBCOMMAND` name only options that subcommand has.
@@ -49,7 +51,10 @@ def _python_blocks(page: Path) -> list[Block]:
     return [
         block
         for block in blocks(page)
-        if block.lang == "python" and block.not_run is None and not block.code.startswith(_FILE)
+        if block.lang == "python"
+        and block.not_run is None
+        and not block.guide_test
+        and not block.code.startswith(_FILE)
     ]
 
 

@@ -254,8 +254,27 @@ def test_an_explicit_timeout_bounds_the_whole_start_even_while_bindings_progress
 
 
 def test_a_lane_queue_is_the_call_or_the_event_queue_of_the_service() -> None:
-    calls = topology.lane_queue("call", "svc", SETTINGS, ("rpc.a",))
-    events = topology.lane_queue("event", "svc", SETTINGS, ("a.*",))
+    registry = Registry()
+    registry.subscribe("rpc.a")(lambda data: data)
+    registry.subscribe("a.*")(lambda data: None)
+    calls = topology.lane_queue("call", "svc", SETTINGS, registry)
+    events = topology.lane_queue("event", "svc", SETTINGS, registry)
     assert (calls.name, events.name) == ("svc.calls", "svc.events")
     assert [(b.exchange.name, b.routing_key) for b in calls.bindings] == [("rpc_x", "rpc.a")]
     assert [(b.exchange.name, b.routing_key) for b in events.bindings] == [("ev_x", "a.*")]
+
+
+def test_accepting_tchu_tchu_binds_a_topic_of_both_kinds_on_the_events_exchange_once() -> None:
+    # Given a topic with a call and an event handler (compat's exact topics), and an rpc. topic
+    registry = Registry()
+    registry.subscribe("order.total", kind="call")(lambda data: data)
+    registry.subscribe("order.total", kind="event")(lambda data: None)
+    registry.subscribe("rpc.a")(lambda data: data)
+    settings = SETTINGS.replace(accept_tchu_tchu=True)
+    # When the queues are built, then only the event queue takes the exact topic from the events
+    # exchange (a second copy on the call queue would run its handlers twice)
+    calls = topology.lane_queue("call", "svc", settings, registry)
+    events = topology.lane_queue("event", "svc", settings, registry)
+    keys = {(b.exchange.name, b.routing_key) for b in calls.bindings}
+    assert keys == {("rpc_x", "order.total"), ("rpc_x", "rpc.a"), ("ev_x", "rpc.a")}
+    assert {(b.exchange.name, b.routing_key) for b in events.bindings} == {("ev_x", "order.total")}

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tchu_rpc.django import worker
+from tchu_rpc.django import outbox, worker
 from tchu_rpc.errors import TchuError
 
 
@@ -26,16 +26,32 @@ class Command(BaseCommand):
             dest="modules",
             help="another handler module (repeatable)",
         )
+        parser.add_argument(
+            "--accept-tchu-tchu",
+            action="store_true",
+            default=None,
+            help="also serve tchu-tchu clients (their calls and events on the events exchange)",
+        )
+        parser.add_argument(
+            "--outbox",
+            action="store_true",
+            help="also send the transactional outbox's events (a relay thread)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        stop_relay = outbox.serving() if options["outbox"] else None
         try:
             code = worker.run(
                 options["queue"],
                 processes=options["concurrency"],
                 log_level=options["log_level"],
                 modules=options["modules"],
+                accept_tchu_tchu=options["accept_tchu_tchu"],
             )
         except TchuError as exc:
             raise CommandError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if stop_relay is not None:
+                stop_relay()
         if code:
             sys.exit(code)

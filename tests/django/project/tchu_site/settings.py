@@ -1,11 +1,15 @@
-"""Settings of the Django test project: SQLite and PostgreSQL databases, named by the test session.
+"""Settings of the Django test project: SQLite, PostgreSQL and MariaDB databases, named by the test session.
 
-The test process has both (`default`: SQLite, `postgres`: PostgreSQL); a worker subprocess is given
-one as its `default` by `TCHU_TEST_DATABASE`. tchu_rpc's broker and exchanges come from `TCHU_RPC_*`
-variables (the environment beneath Django's `TCHU_RPC`).
+The test process has them all (`default`: SQLite, `postgres`: PostgreSQL, `mariadb`: MariaDB); a
+worker subprocess is given one as its `default` by `TCHU_TEST_DATABASE`. tchu_rpc's broker and
+exchanges come from `TCHU_RPC_*` variables (the environment beneath Django's `TCHU_RPC`).
 """
 
 import os
+
+import pymysql
+
+pymysql.install_as_MySQLdb()  # Django's MySQL backend on PyMySQL (no C headers needed)
 
 SECRET_KEY = "tchu-rpc-tests"
 USE_TZ = True
@@ -24,6 +28,16 @@ _POSTGRES = {
     "CONN_MAX_AGE": None,
     "CONN_HEALTH_CHECKS": True,
 }
-_BY_NAME = {"sqlite": _SQLITE, "postgres": _POSTGRES}
+_MARIADB = {
+    "ENGINE": "django.db.backends.mysql",
+    "HOST": "127.0.0.1",
+    "PORT": 3306,
+    "USER": "root",
+    "PASSWORD": "",
+    "NAME": os.environ.get("TCHU_TEST_MY_NAME", "test"),
+}
+_BY_NAME = {"sqlite": _SQLITE, "postgres": _POSTGRES, "mariadb": _MARIADB}
 _ONE = os.environ.get("TCHU_TEST_DATABASE")
-DATABASES = {"default": _BY_NAME[_ONE]} if _ONE else {"default": _SQLITE, "postgres": _POSTGRES}
+DATABASES = (
+    {"default": _BY_NAME[_ONE]} if _ONE else {"default": _SQLITE, "postgres": _POSTGRES, "mariadb": _MARIADB}
+)
