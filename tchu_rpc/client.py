@@ -19,7 +19,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
-from tchu_rpc import topology, wire
+from tchu_rpc import log, topology, wire
 from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
 from tchu_rpc._amqp.connection import is_amqp
@@ -31,20 +31,24 @@ from tchu_rpc._client.arguments import (
 )
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
+from tchu_rpc._client.refusals import Refusals, Refused
 from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.errors import (
     ConnectionLost,
-    PublishFailed,
     TchuError,
 )
-from tchu_rpc.log import mask_url
+from tchu_rpc.log import logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import validate_topic
 
 _TOPICS = 4096  # checked topics a client remembers
 _EXPIRY_MARGIN = 0.1  # at most this long before its caller's deadline, a request expires in its queue
+#: A message the broker refused this long on one connection: the connection is opened anew. RabbitMQ
+#: 3.10 refuses everything, for good, on a channel that first published to a quorum queue while it
+#: elected a leader (seen here); a new channel is served. An election takes about 1.5 s.
+_REFUSED_FOR_GOOD = 3.0
 
 
 class Client(ClientAPI):
@@ -76,12 +80,14 @@ class Client(ClientAPI):
     def _fresh(self) -> None:
         """Start with nothing in flight and a loop that connects on first use."""
         self._inflight = Inflight()
+        self._refusals = Refusals()
         self._callbacks = Callbacks("tchu-client-callbacks")
         self._watchdog = Watchdog("tchu-client-deadlines", self._inflight, self._expire)
         self._publisher: Publisher | None = None
         self._block = BlockWatch("tchu-client", self._send_held)
         self._reply_to = ""
         self._user: str | None = None
+        self._connected_at = 0.0
         self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
@@ -183,6 +189,7 @@ class Client(ClientAPI):
         self._user = conn.userid if is_amqp(conn) else None
         if is_amqp(conn):
             self._block.attach(conn.connection)
+        self._connected_at = time.monotonic()
         self._send_held()
 
     def _send_held(self) -> None:
@@ -236,10 +243,28 @@ class Client(ClientAPI):
         if pending is None:
             return
         if not ok:
-            refused = PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}")
-            self._inflight.settle(message_id, refused)
+            self._refused(message_id, pending)
         elif pending.kind == "event":
             self._inflight.settle(message_id, None)
+
+    def _refused(self, message_id: str, pending: Pending) -> None:
+        # Not the caller's failure yet: a quorum queue electing a leader refuses everything for a
+        # while. Published again (same message id) while its deadline allows, else its deadline
+        # settles it (`_expire`), saying so.
+        now = time.monotonic()
+        refused = pending.refused = pending.refused or Refused(0, now)
+        pending.sent = False
+        again = self._refusals.refused(message_id, refused, now, pending.deadline)
+        log.debug("publish_refused", topic=pending.topic, correlation_id=message_id, again=again)
+        if now - max(refused.since, self._connected_at) > _REFUSED_FOR_GOOD:
+            self._reconnect(pending, refused)
+
+    def _reconnect(self, pending: Pending, refused: Refused) -> None:
+        # A sent call then fails with ConnectionLost (its reply would come on this channel); events,
+        # idempotent calls and what was refused go out again on the new connection.
+        logger.warning("publishes_refused", topic=pending.topic, refusals=refused.count, reconnecting=True)
+        why = f"the broker refused {pending.kind} {pending.topic!r} for {_REFUSED_FOR_GOOD:g} s"
+        self._loop.fail(self._loop.generation, ConnectionLost(f"{why} on this connection; connecting again"))
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""
@@ -249,7 +274,18 @@ class Client(ClientAPI):
         due, next_due = self._inflight.due(now)
         for message_id, pending in due:
             self._inflight.settle(message_id, self._expired(pending))
+        if self._refusals:
+            return self._publish_refused(now, next_due)
         return next_due
+
+    def _publish_refused(self, now: float, next_due: float | None) -> float | None:
+        """Hand the refused messages that are due to the I/O thread; return when the next one is."""
+        again, next_again = self._refusals.due(now)
+        for message_id in again:
+            self._loop.submit(partial(self._send, message_id))  # this may be the watchdog's thread
+        if next_again is None or (next_due is not None and next_due < next_again):
+            return next_due
+        return next_again
 
     def _expired(self, pending: Pending) -> TchuError:
         return expired(pending, self._loop.connection is not None, self._loop.last_error, self._block.reason)
