@@ -35,10 +35,7 @@ from tchu_rpc._client.refusals import Refusals, Refused
 from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
-from tchu_rpc.errors import (
-    ConnectionLost,
-    TchuError,
-)
+from tchu_rpc.errors import ConnectionLost, PublishFailed, TchuError
 from tchu_rpc.log import logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import validate_topic
@@ -292,16 +289,29 @@ class Client(ClientAPI):
 
     def _lost(self, exc: BaseException) -> None:
         self._publisher = None
+        # A write that timed out: the broker is up, and blocks publishers (`BlockWatch.stalled`).
+        blocked = self._block.stalled() if isinstance(exc, BlockingIOError) else None
         for message_id, pending in self._inflight.items():
             if not pending.sent:
                 continue
             if pending.retry:
                 pending.sent = False  # publish again once reconnected: at least once
                 continue
-            lost = ConnectionLost(f"connection lost while calling {pending.topic!r}: {exc}")
+            lost = _cut_off(pending.topic, exc, blocked)
             lost.__cause__ = exc
             self._inflight.settle(message_id, lost)
 
     def _fail_all(self, make_error: Any) -> None:
         for message_id, pending in self._inflight.items():
             self._inflight.settle(message_id, make_error(pending))
+
+
+def _cut_off(topic: str, exc: BaseException, blocked: str | None) -> TchuError:
+    """Return the error of a call in flight on a connection that failed with `exc`."""
+    if blocked is None:
+        return ConnectionLost(f"connection lost while calling {topic!r}: {exc}")
+    # Not a lost broker: another node would not help, and its caller should back off.
+    return PublishFailed(
+        f"call {topic!r} cut off: the broker blocks publishers ({blocked}), and the connection is "
+        "opened anew, so its reply cannot come; its handler may still run"
+    )
