@@ -42,8 +42,8 @@ from tchu_rpc.registry import validate_topic
 
 _TOPICS = 4096  # checked topics a client remembers
 _EXPIRY_MARGIN = 0.1  # at most this long before its caller's deadline, a request expires in its queue
-#: A message the broker refused this long on one connection: the connection is opened anew. RabbitMQ
-#: 3.10 refuses everything, for good, on a channel that first published to a quorum queue while it
+#: A connection that refused every publish this long, confirming none, is opened anew. RabbitMQ 3.10
+#: refuses everything, for good, on a channel that first published to a quorum queue while it
 #: elected a leader (seen here); a new channel is served. An election takes about 1.5 s.
 _REFUSED_FOR_GOOD = 3.0
 
@@ -84,7 +84,7 @@ class Client(ClientAPI):
         self._block = BlockWatch("tchu-client", self._send_held)
         self._reply_to = ""
         self._user: str | None = None
-        self._connected_at = 0.0
+        self._refusing: tuple[float, int] | None = None  # since when, and the last confirm before
         self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
@@ -186,7 +186,7 @@ class Client(ClientAPI):
         self._user = conn.userid if is_amqp(conn) else None
         if is_amqp(conn):
             self._block.attach(conn.connection)
-        self._connected_at = time.monotonic()
+        self._refusing = None
         self._send_held()
 
     def _send_held(self) -> None:
@@ -253,15 +253,20 @@ class Client(ClientAPI):
         pending.sent = False
         again = self._refusals.refused(message_id, refused, now, pending.deadline)
         log.debug("publish_refused", topic=pending.topic, correlation_id=message_id, again=again)
-        if now - max(refused.since, self._connected_at) > _REFUSED_FOR_GOOD:
-            self._reconnect(pending, refused)
+        confirmed = self._publisher.last_acked if self._publisher is not None else 0
+        if self._refusing is None or self._refusing[1] != confirmed:
+            self._refusing = (now, confirmed)  # the first refusal since a publish was confirmed
+        elif now - self._refusing[0] > _REFUSED_FOR_GOOD:
+            self._reconnect(pending)
 
-    def _reconnect(self, pending: Pending, refused: Refused) -> None:
+    def _reconnect(self, pending: Pending) -> None:
         # A sent call then fails with ConnectionLost (its reply would come on this channel); events,
         # idempotent calls and what was refused go out again on the new connection.
-        logger.warning("publishes_refused", topic=pending.topic, refusals=refused.count, reconnecting=True)
-        why = f"the broker refused {pending.kind} {pending.topic!r} for {_REFUSED_FOR_GOOD:g} s"
-        self._loop.fail(self._loop.generation, ConnectionLost(f"{why} on this connection; connecting again"))
+        logger.warning("publishes_refused", topic=pending.topic, seconds=_REFUSED_FOR_GOOD, reconnecting=True)
+        what = f"{pending.kind} {pending.topic!r}"
+        why = f"the broker refused every publish for {_REFUSED_FOR_GOOD:g} s ({what})"
+        self._refusing = None
+        self._loop.fail(self._loop.generation, ConnectionLost(f"{why}; connecting again"))
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""

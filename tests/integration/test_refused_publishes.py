@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
+from structlog.testing import capture_logs
 
 from tchu_rpc import CallTimeout, Client, ConnectionLost, PublishFailed
 from tchu_rpc.testing import TchuFactory
@@ -128,3 +129,49 @@ def test_a_deadline_that_passes_before_sending_on_a_connected_client_is_an_error
     expected = PublishFailed if kind == "event" else CallTimeout
     assert [type(e) for e in errors] == [expected] * 4, [repr(e) for e in errors]
     assert all("deadline" in str(e) for e in errors), [str(e) for e in errors]
+
+
+#: Longer than the client's 3 s of refusals before it opens a new connection.
+REFUSED_LONG = 4.0
+
+
+@pytest.mark.timeout(30)
+def test_a_connection_that_refuses_every_publish_for_3_s_is_opened_anew(
+    client: Client, full_queue: tuple[Connection, str]
+) -> None:
+    # Given a client whose every publish the broker refuses (RabbitMQ 3.10 does that for good on a
+    # channel that first published to a quorum queue while the queue elected a leader)
+    _fill(client)
+    # When it keeps refusing an event for longer than 3 s
+    with capture_logs() as logs, pytest.raises(PublishFailed):
+        client.publish("refused.more", "more", timeout=REFUSED_LONG)
+    # Then the client opened a new connection once, and the event still failed only at its deadline
+    events = [e["event"] for e in logs if e["event"] in ("publishes_refused", "connection_lost")]
+    assert events == ["publishes_refused", "connection_lost"], events
+    # And the client works on
+    client.publish("elsewhere.fine", 1, timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_refusals_with_confirms_between_them_keep_the_connection(
+    client: Client, full_queue: tuple[Connection, str]
+) -> None:
+    # Given a client whose events to one queue the broker refuses, while it confirms the others
+    _fill(client)
+    failed: list[BaseException] = []
+    refused = threading.Thread(target=lambda: failed.append(_refused_for(client, REFUSED_LONG)))
+    with capture_logs() as logs:
+        refused.start()
+        # When the refusals last longer than 3 s, with other publishes confirmed meanwhile
+        while refused.is_alive():
+            client.publish("elsewhere.fine", 1, timeout=5)
+        refused.join()
+    # Then the connection is kept, and the refused event fails at its deadline
+    assert [type(e) for e in failed] == [PublishFailed]
+    assert not [e for e in logs if e["event"] in ("publishes_refused", "connection_lost")]
+
+
+def _refused_for(client: Client, timeout: float) -> BaseException:
+    with pytest.raises(PublishFailed) as failed:
+        client.publish("refused.more", "more", timeout=timeout)
+    return failed.value
