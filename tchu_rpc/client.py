@@ -276,7 +276,7 @@ class Client(ClientAPI):
         due, next_due = self._inflight.due(now)
         for message_id, pending in due:
             self._inflight.settle(message_id, self._expired(pending))
-        if self._refusals:
+        if self._refusals.again:
             return self._publish_refused(now, next_due)
         return next_due
 

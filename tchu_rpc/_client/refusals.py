@@ -42,12 +42,11 @@ class Refusals:
     """The refused messages to publish again, by when; the I/O thread and the watchdog share it."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self._again: list[tuple[float, str]] = []
+        #: (when, message id) of each refused message to publish again, a heap; empty but on nacks,
+        #: so that the loop's every turn looks at this list alone (no method call on the hot path).
+        self.again: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._rng = rng or random.Random()
-
-    def __bool__(self) -> bool:
-        return bool(self._again)
 
     def refused(self, message_id: str, refused: Refused, now: float, deadline: float) -> bool:
         """Count a refusal of `message_id`; plan its next publish and return True if `deadline` allows."""
@@ -56,13 +55,13 @@ class Refusals:
         if at >= deadline:
             return False  # its deadline settles it, saying the broker kept refusing
         with self._lock:
-            heapq.heappush(self._again, (at, message_id))
+            heapq.heappush(self.again, (at, message_id))
         return True
 
     def due(self, now: float) -> tuple[list[str], float | None]:
         """Return the messages to publish again at `now`, and when the next one is due."""
         with self._lock:
-            again = self._again
+            again = self.again
             ids = []
             while again and again[0][0] <= now:
                 ids.append(heapq.heappop(again)[1])

@@ -31,19 +31,19 @@ def test_a_refused_message_goes_out_again_when_due_in_order() -> None:
     now = 100.0
     assert refusals.refused("a", Refused(0, now), now, deadline=now + 5)
     assert refusals.refused("b", Refused(3, now), now, deadline=now + 5)  # 4th refusal: a longer pause
-    assert refusals
+    assert refusals.again
     assert refusals.due(now) == ([], pytest.approx(now + 0.025, abs=0.0126))
     due, next_due = refusals.due(now + 0.03)
     assert due == ["a"] and next_due is not None and next_due > now + 0.03
     assert refusals.due(now + 1) == (["b"], None)
-    assert not refusals
+    assert not refusals.again
 
 
 def test_a_refusal_too_close_to_the_deadline_is_left_to_the_deadline() -> None:
     refusals = Refusals(random.Random(1))
     refused = Refused(0, 10.0)
     assert not refusals.refused("a", refused, 10.0, deadline=10.01)
-    assert refused.count == 1 and not refusals
+    assert refused.count == 1 and not refusals.again
 
 
 def _pending(kind: str, *, sent: bool, refused: Refused | None = None) -> Pending:
