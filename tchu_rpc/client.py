@@ -20,7 +20,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
-from tchu_rpc import topology, wire
+from tchu_rpc import log, topology, wire
 from tchu_rpc._amqp import passive
 from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
@@ -34,6 +34,7 @@ from tchu_rpc._client.arguments import (
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
 from tchu_rpc._client.probes import Probes
+from tchu_rpc._client.refusals import Refusals, Refused
 from tchu_rpc._client.replies import expired, no_route, on_reply
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
@@ -44,12 +45,16 @@ from tchu_rpc.errors import (
     PublishFailed,
     TchuError,
 )
-from tchu_rpc.log import mask_url
+from tchu_rpc.log import logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import validate_topic
 
 _TOPICS = 4096  # checked topics a client remembers
 _EXPIRY_MARGIN = 0.1  # at most this long before its caller's deadline, a request expires in its queue
+#: A connection that refused every publish this long, confirming none, is opened anew. RabbitMQ 3.10
+#: refuses everything, for good, on a channel that first published to a quorum queue while it
+#: elected a leader (seen here); a new channel is served. An election takes about 1.5 s.
+_REFUSED_FOR_GOOD = 3.0
 
 
 class Client(ClientAPI):
@@ -81,6 +86,7 @@ class Client(ClientAPI):
     def _fresh(self) -> None:
         """Start with nothing in flight and a loop that connects on first use."""
         self._inflight = Inflight()
+        self._refusals = Refusals()
         self._callbacks = Callbacks("tchu-client-callbacks")
         self._watchdog = Watchdog("tchu-client-deadlines", self._inflight, self._expire)
         self._publisher: Publisher | None = None
@@ -89,6 +95,7 @@ class Client(ClientAPI):
         self._user: str | None = None
         self._login = login(self.settings.broker_url)  # for errors before a connection names its user
         self._probes: Probes | None = None  # on AMQP: the channels of unproven topics (`_client.probes`)
+        self._refusing: tuple[float, int] | None = None  # since when, and the last confirm before
         self._loop = LeadingLoop(
             "tchu-client",
             self.settings,
@@ -202,6 +209,7 @@ class Client(ClientAPI):
                 user=self._user,
             )
             self._block.attach(conn.connection)
+        self._refusing = None
         self._send_held()
 
     def _send_held(self) -> None:
@@ -272,10 +280,33 @@ class Client(ClientAPI):
         if pending is None:
             return
         if not ok:
-            refused = PublishFailed(f"the broker refused {pending.kind} {pending.topic!r}")
-            self._inflight.settle(message_id, refused)
+            self._refused(message_id, pending)
         elif pending.kind == "event":
             self._inflight.settle(message_id, None)
+
+    def _refused(self, message_id: str, pending: Pending) -> None:
+        # Not the caller's failure yet: a quorum queue electing a leader refuses everything for a
+        # while. Published again (same message id) while its deadline allows, else its deadline
+        # settles it (`_expire`), saying so.
+        now = time.monotonic()
+        refused = pending.refused = pending.refused or Refused(0, now)
+        pending.sent = False
+        again = self._refusals.refused(message_id, refused, now, pending.deadline)
+        log.debug("publish_refused", topic=pending.topic, correlation_id=message_id, again=again)
+        confirmed = self._publisher.last_acked if self._publisher is not None else 0
+        if self._refusing is None or self._refusing[1] != confirmed:
+            self._refusing = (now, confirmed)  # the first refusal since a publish was confirmed
+        elif now - self._refusing[0] > _REFUSED_FOR_GOOD:
+            self._reconnect(pending)
+
+    def _reconnect(self, pending: Pending) -> None:
+        # A sent call then fails with ConnectionLost (its reply would come on this channel); events,
+        # idempotent calls and what was refused go out again on the new connection.
+        logger.warning("publishes_refused", topic=pending.topic, seconds=_REFUSED_FOR_GOOD, reconnecting=True)
+        what = f"{pending.kind} {pending.topic!r}"
+        why = f"the broker refused every publish for {_REFUSED_FOR_GOOD:g} s ({what})"
+        self._refusing = None
+        self._loop.fail(self._loop.generation, ConnectionLost(f"{why}; connecting again"))
 
     def _returned(self, routing_key: str, exchange: str, text: str, props: dict[str, Any]) -> None:
         message_id = props.get("correlation_id") or props.get("message_id") or ""
@@ -285,7 +316,18 @@ class Client(ClientAPI):
         due, next_due = self._inflight.due(now)
         for message_id, pending in due:
             self._inflight.settle(message_id, self._expired(pending))
+        if self._refusals.again:
+            return self._publish_refused(now, next_due)
         return next_due
+
+    def _publish_refused(self, now: float, next_due: float | None) -> float | None:
+        """Hand the refused messages that are due to the I/O thread; return when the next one is."""
+        again, next_again = self._refusals.due(now)
+        for message_id in again:
+            self._loop.submit(partial(self._send, message_id))  # this may be the watchdog's thread
+        if next_again is None or (next_due is not None and next_due < next_again):
+            return next_due
+        return next_again
 
     def _expired(self, pending: Pending) -> TchuError:
         if not pending.sent and self._loop.connection is None:
@@ -300,8 +342,10 @@ class Client(ClientAPI):
             self._probes.gone = True
             self._probes = None
         final = self._final(exc)
+        # A write that timed out: the broker is up, and blocks publishers (`BlockWatch.stalled`).
+        blocked = self._block.stalled() if isinstance(exc, BlockingIOError) else None
         for message_id, pending in self._inflight.items():
-            if final is not None and _refused(final, pending, self.settings):
+            if final is not None and _refused_for(final, pending, self.settings):
                 self._inflight.settle(message_id, final)  # no retry changes it: at once
                 continue
             if not pending.sent:
@@ -309,7 +353,7 @@ class Client(ClientAPI):
             if pending.retry:
                 pending.sent = False  # publish again once reconnected: at least once
                 continue
-            lost = ConnectionLost(f"connection lost while calling {pending.topic!r}: {exc}")
+            lost = _cut_off(pending.topic, exc, blocked)
             lost.__cause__ = exc
             self._inflight.settle(message_id, lost)
 
@@ -328,7 +372,7 @@ def _consume(queue: Queue, on_message: Any, channel: Any) -> None:
     Consumer(channel, queues=[queue], no_ack=True, on_message=on_message).consume()
 
 
-def _refused(error: TchuError, pending: Pending, settings: Settings) -> bool:
+def _refused_for(error: TchuError, pending: Pending, settings: Settings) -> bool:
     """Tell whether `error` (a refusal) is `pending`'s: a publish refused names its topic or exchange."""
     if not isinstance(error, AccessRefused) or error.operation != "Basic.publish":
         return True  # refused at connect: nothing can be sent
@@ -337,3 +381,14 @@ def _refused(error: TchuError, pending: Pending, settings: Settings) -> bool:
         return True
     exchange = settings.calls_exchange if pending.kind == "call" else settings.events_exchange
     return "topic '" not in text and f"exchange '{exchange}'" in text
+
+
+def _cut_off(topic: str, exc: BaseException, blocked: str | None) -> TchuError:
+    """Return the error of a call in flight on a connection that failed with `exc`."""
+    if blocked is None:
+        return ConnectionLost(f"connection lost while calling {topic!r}: {exc}")
+    # Not a lost broker: another node would not help, and its caller should back off.
+    return PublishFailed(
+        f"call {topic!r} cut off: the broker blocks publishers ({blocked}), and the connection is "
+        "opened anew, so its reply cannot come; its handler may still run"
+    )

@@ -32,6 +32,19 @@ class BlockWatch:
         connection.on_blocked = self._blocked
         connection.on_unblocked = self._unblocked
 
+    def stalled(self) -> str:
+        """Note that a write to the broker timed out (`BlockingIOError`); return why, as far as known.
+
+        py-amqp's write timeout (`SO_SNDTIMEO`) ran out: the broker read nothing for that long, as
+        it does while it blocks publishers (its `connection.blocked` may not have been read yet).
+        The connection is dropped (a frame may be half written), and the reason is kept until the
+        next connection is attached, so that errors name the block.
+        """
+        if self.reason is None:
+            self.reason = "a resource alarm, it seems: it stopped reading what the client wrote"
+            logger.warning("broker_blocked", loop=self._name, reason=self.reason)
+        return self.reason
+
     def _blocked(self, reason: str | None = None) -> None:
         # The broker's own reason, which `properties.tolerate` keeps, rather than py-amqp's placeholder.
         self.reason = getattr(self._connection, "tchu_blocked_reason", None) or reason or "a resource alarm"

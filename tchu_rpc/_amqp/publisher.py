@@ -61,6 +61,8 @@ class Publisher:
         self._confirming = amqp_conn and not self.transactional
         self._seq = 0
         self._waiting: dict[int, OnConfirm] = {}
+        #: The sequence number of the last publish the broker confirmed (acked) on this channel.
+        self.last_acked = 0
         self._on_return = on_return
         self._committing: list[Callable[[], None]] | None = None  # the commit awaiting its commit-ok
         self._queued: list[_Group] = []
@@ -193,6 +195,7 @@ class Publisher:
             on_committed()
 
     def _acked(self, delivery_tag: int, multiple: bool) -> None:
+        self.last_acked = delivery_tag
         self._settle(delivery_tag, multiple, True)
 
     def _nacked(self, delivery_tag: int, multiple: bool) -> None:

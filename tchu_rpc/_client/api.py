@@ -101,6 +101,8 @@ class ClientAPI:
                 `details` (decoded into the topic's error type when it has one and they fit).
             HandlerTimeLimit: the handler ran past the worker's `handler_time_limit`.
             ConnectionLost: the connection failed while the call was in flight.
+            PublishFailed: the broker kept refusing the request until the deadline (it is published
+                again meanwhile), or blocks publishers (a resource alarm).
             ValidationError: `data` does not fit the topic's request type (nothing was sent).
             DecodeError: the result does not fit the topic's response type or `returns`.
 
@@ -209,8 +211,10 @@ class ClientAPI:
 
         During an outage the client keeps trying until `timeout` (default
         `settings.publish_timeout`), then raises `ConnectionLost`: an event is never dropped
-        silently. Events are persistent; every queue bound to a matching pattern gets a copy. A
-        topic whose first word is `rpc` names a call: publishing it is refused (`TopicError`) unless
+        silently. An event the broker refuses (a quorum queue electing a leader) is published again
+        until then, and fails with `PublishFailed` saying so; so does one without a confirm in time.
+        Events are persistent; every queue bound to a matching pattern gets a copy. A topic whose
+        first word is `rpc` names a call: publishing it is refused (`TopicError`) unless
         `allow_call_topic=True`. A typed `Topic`'s request type validates `data` first.
         """
         self._wait(self._publish(topic, data, timeout, allow_call_topic, headers))

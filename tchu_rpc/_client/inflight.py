@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tchu_rpc import log
+from tchu_rpc._client.refusals import Refused
 from tchu_rpc.errors import CallTimeout, TchuError
 
 _GRACE = 1.0  # extra wait beyond a deadline before a caller stops trusting the watchdog too
@@ -38,6 +39,7 @@ class Pending:
     envelope: Any = None  # what a typed call's reply decodes into (`wire.envelope_for`)
     error_type: Any = None  # what a typed call's error details are decoded into
     extra: dict[str, Any] | None = None  # AMQP headers of the caller's `headers=` and context
+    refused: Refused | None = None  # how often the broker refused it (`_client.refusals`)
     started: float = field(default_factory=time.perf_counter)
 
 

@@ -105,21 +105,45 @@ def no_route(routing_key: str, exchange: str, text: str, tchu_tchu: bool = False
 def expired(
     pending: Pending, connected: bool, last_error: BaseException | None, blocked: str | None = None
 ) -> TchuError:
-    """Return the error of a call or publish whose deadline passed; say whether it may still arrive."""
+    """Return the error of a call or publish whose deadline passed; say whether it may still arrive.
+
+    The type says what stood in the way: `ConnectionLost` only for a client without a connection
+    (another node may serve it), `PublishFailed` for a broker that kept refusing it, and the time's
+    error (`CallTimeout`, or `PublishFailed` for an event) for the rest.
+    """
     what = f"{pending.kind} {pending.topic!r}"
-    if blocked is not None and not pending.sent:
-        why = f"not sent: the broker blocks publishers ({blocked}) until its resource alarm clears"
-        return (PublishFailed if pending.kind == "event" else CallTimeout)(f"{what} {why}")
-    if not connected or not pending.sent:
-        why = f": {last_error}" if last_error is not None else " (not connected yet)"
-        return ConnectionLost(f"broker unreachable for {what}{why}")
+    if not pending.sent:
+        return _not_sent(pending, what, connected, last_error, blocked)
     also = f" (the broker blocks publishers: {blocked})" if blocked is not None else ""
+    if pending.refused is not None:
+        also += f" ({pending.refused.said(time.monotonic())} before)"
     if pending.kind == "event":
         # Sent, not confirmed: the broker may have it, and may still deliver it.
         return PublishFailed(f"no confirm for {what} before the deadline{also}; it may still be delivered")
     if blocked is not None:  # sent: the broker keeps it until the alarm clears, then delivers it
         also += "; it was sent, and its handler may still run"
     return CallTimeout(f"no reply to {what} before the deadline{also}")
+
+
+def _not_sent(
+    pending: Pending, what: str, connected: bool, last_error: BaseException | None, blocked: str | None
+) -> TchuError:
+    time_is_up = PublishFailed if pending.kind == "event" else CallTimeout
+    if blocked is not None:
+        why = f"not sent: the broker blocks publishers ({blocked}) until its resource alarm clears"
+        return time_is_up(f"{what} {why}")
+    refused = pending.refused
+    if not connected:
+        why = f": {last_error}" if last_error is not None else " (not connected yet)"
+        also = "" if refused is None else f"; before, {refused.said(time.monotonic())}"
+        return ConnectionLost(f"broker unreachable for {what}{why}{also}")
+    if refused is not None:
+        # A nack says that the broker does not vouch for the message, not that it dropped it.
+        return PublishFailed(
+            f"{what} not taken before its deadline: {refused.said(time.monotonic())} (as a quorum queue "
+            "does while it elects a leader); it may still have been enqueued"
+        )
+    return time_is_up(f"{what} not sent: its deadline ({pending.timeout:g} s) passed before it could be sent")
 
 
 def _typed(details: Any, error_type: Any) -> Any:

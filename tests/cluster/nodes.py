@@ -53,6 +53,7 @@ class Cluster:
         ]
         self.timings: dict[str, float] = {}
         self._stopped_apps: list[RabbitNode] = []
+        self._killed: list[RabbitNode] = []
 
     @property
     def urls(self) -> list[str]:
@@ -117,6 +118,11 @@ class Cluster:
         if node in self._stopped_apps:
             self._stopped_apps.remove(node)
 
+    def kill(self, node: RabbitNode) -> None:
+        """Kill `node` with SIGKILL (its OS processes, as a machine loss); `restore` starts it again."""
+        self._killed.append(node)
+        node.kill()
+
     def leader_of(self, queue: str, timeout: float = 15.0) -> RabbitNode:
         """Return the node leading the quorum queue `queue`, asked of a node that is running.
 
@@ -126,7 +132,7 @@ class Cluster:
         last = ""
         while time.monotonic() < deadline:
             for asked in self.nodes:
-                if asked in self._stopped_apps:
+                if asked in self._stopped_apps or asked in self._killed:
                     continue
                 try:
                     last = asked.ctl("list_queues", "name", "leader", "--quiet", "--no-table-headers")
@@ -142,10 +148,14 @@ class Cluster:
             time.sleep(0.2)  # polling rabbitmqctl: no event announces an elected leader
         raise ClusterError(f"no leader found for {queue} in {timeout} s; last answer:\n{last}")
 
-    def restore(self) -> None:
-        """Start RabbitMQ again on every node a test stopped with `stop_app`."""
+    def restore(self, timeout: float = 60) -> None:
+        """Start RabbitMQ again on every node a test stopped with `stop_app` or killed with `kill`."""
         for node in list(self._stopped_apps):
             self.start_app(node)
+        for node in list(self._killed):
+            node.start(timeout=timeout)  # it rejoins the cluster from its data directory
+            node.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 5)
+            self._killed.remove(node)
 
     def __enter__(self) -> Cluster:
         self.start()

@@ -169,6 +169,22 @@ class RabbitNode:
                 pass
         proc.wait(10)
 
+    def kill(self) -> None:
+        """Kill the node at once with SIGKILL, as if its machine were lost: no shutdown of any kind.
+
+        The signal goes to the node's whole process group (the wrapper shell, beam, erl_child_setup):
+        the kernel then closes its sockets, so its clients and peers see the loss at once. `start`
+        brings it back on the same ports and data directory.
+        """
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group id is the leader's pid (a session of its own)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(10)
+
     def restart(self) -> None:
         """Stop, then start on the same ports and data directory."""
         self.stop()

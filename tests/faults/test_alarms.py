@@ -286,3 +286,57 @@ def test_errors_during_a_disk_alarm_give_the_reason_the_broker_sent(
     # Then its error and its broker_blocked log give the broker's reason
     assert [e["reason"] for e in _client_logs(logs, "broker_blocked")] == [DISK_REASON]
     assert DISK_REASON in str(failed.value)
+
+
+#: Far more than the socket buffers hold (4 MB to send, a few hundred KB to receive on loopback): a
+#: write of it stalls once the broker stops reading, until py-amqp's write timeout (10 s) runs out.
+STALLING_BYTES = 24 * 1024 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_write_the_broker_stops_reading_fails_a_call_naming_the_block_not_as_a_lost_connection(
+    node_tchu: TchuFactory, rabbit_node: RabbitNode
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    registry = Registry()
+
+    @registry.subscribe("rpc.alarm.hold")
+    def hold(data: int) -> int:
+        entered.set()
+        release.wait(60)
+        return data
+
+    node_tchu.worker(registry, "hold")
+    client = node_tchu.client(max_message_bytes=2 * STALLING_BYTES)
+    # Given a call in flight, its handler running
+    call = client.call_async("rpc.alarm.hold", 1, timeout=60)
+    assert entered.wait(10)
+    outcome: list[BaseException | None] = []
+    with capture_logs() as logs:
+        try:
+            with disk_alarm(rabbit_node):
+                # When the client writes an event far larger than the socket buffers while the broker
+                # blocks publishers: the broker stops reading, and the write times out (BlockingIOError)
+                publisher = threading.Thread(target=_publish_big, args=(client, outcome), daemon=True)
+                publisher.start()
+                # Then the call fails naming the block, not with ConnectionLost (it is no lost broker)
+                failed = call.exception(timeout=30)
+        finally:
+            release.set()
+        # And once the alarm clears, the event goes out again on a new connection, confirmed
+        publisher.join(30)
+    lost = _client_logs(logs, "connection_lost")
+    assert [e["error_type"] for e in lost] == ["BlockingIOError"], lost
+    assert isinstance(failed, PublishFailed), repr(failed)
+    assert BLOCKED in str(failed) and "may still run" in str(failed)
+    assert outcome == [None]
+
+
+def _publish_big(client: Client, outcome: list[BaseException | None]) -> None:
+    try:
+        client.publish("alarm.stall", {"n": "big", "pad": "x" * STALLING_BYTES}, timeout=60)
+    except Exception as exc:
+        outcome.append(exc)
+    else:
+        outcome.append(None)
