@@ -18,9 +18,11 @@ from typing import Any
 
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import configure, logger
+from tchu_rpc.log import configure, get_logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.worker import Worker
+
+logger = get_logger(__name__)
 
 #: Run in each child before its handler modules are imported (a framework's set-up, such as
 #: `django.setup()`); returns the worker's middleware. A module-level function: it crosses to the

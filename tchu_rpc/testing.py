@@ -20,6 +20,7 @@ from tchu_rpc import topology
 from tchu_rpc._worker import retries
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
+from tchu_rpc.log import capture_logs as capture_logs  # for tests that assert on logs
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Registry
 from tchu_rpc.reply_cache import ReplyCache

@@ -35,10 +35,12 @@ from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost
-from tchu_rpc.log import logger, mask_url
+from tchu_rpc.log import get_logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
+
+logger = get_logger(__name__)
 
 
 class Worker:

@@ -28,7 +28,9 @@ from tchu_rpc._amqp.reading import VirtualPoll, drain, has_buffered
 from tchu_rpc._amqp.wakeup import WakeUp
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.log import logger, mask_url
+from tchu_rpc.log import get_logger, mask_url
+
+logger = get_logger(__name__)
 
 _IDLE_WAIT = 1.0
 

@@ -19,10 +19,12 @@ from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.delivery import Delivery
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, ValidationError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Handler, Kind, Registry
 from tchu_rpc.reply_cache import ReplyCache
+
+logger = get_logger(__name__)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,9 @@ import itertools
 from typing import Any
 
 from tchu_rpc.config import Settings
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class TimeLimits:

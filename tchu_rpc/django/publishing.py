@@ -14,7 +14,9 @@ from django.db.models.signals import post_delete, post_save
 from tchu_rpc.client import Client
 from tchu_rpc.django.conf import SETTINGS_NAME, settings_from_django
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 M = TypeVar("M", bound=type[models.Model])
 #: `condition(instance, event_type)`: publish only when it returns true.

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection, Consumer, Producer, Queue
-from structlog.testing import capture_logs
 
 from tchu_rpc import RedisReplyCache, Registry, ReplyCache, wire
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HOW_TO_START = (

@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import (
     CallTimeout,
@@ -21,7 +20,7 @@ from tchu_rpc import (
     RpcError,
     current_delivery,
 )
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 
 def users_registry() -> Registry:

@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import Registry
 from tchu_rpc._amqp.publisher import Publisher
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 WAIT = 10.0
 
