@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -107,21 +108,32 @@ def _mask_one(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
-def configure(level: str = "info", json: bool = False) -> None:
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """How a worker process logs: tchu_rpc's `level` (None: as `logging` is configured) and `format`."""
+
+    level: str | None = "info"
+    format: str = "console"
+
+
+def configure(level: str | None = "info", json: bool = False) -> None:
     """Set up `logging` for a program of its own (the worker CLI): tchu_rpc at `level`, to stderr.
 
-    tchu_rpc's logger gets `level`. The root logger gets a stderr handler that renders records with
-    structlog (key=value, or JSON lines), unless it has handlers already (a framework's, such as
-    Django's `LOGGING`). structlog itself is set to hand its events to `logging`, so that handler
-    code logging with structlog ends in the same stream.
+    tchu_rpc's logger gets `level` (None leaves it). The root logger gets a stderr handler that
+    renders records with structlog (key=value, or JSON lines), unless it or tchu_rpc's logger has
+    handlers already (a framework's, such as Django's `LOGGING`). Unless structlog is configured
+    already, it is set to hand its events to `logging`, so that handlers logging with structlog end
+    in the same stream.
     """
-    logging.getLogger(_ROOT).setLevel(logging.getLevelName(level.upper()))
+    ours = logging.getLogger(_ROOT)
+    if level is not None:
+        ours.setLevel(level.upper())
     root = logging.getLogger()
-    if not root.handlers:
+    if not root.handlers and not ours.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter(json=json))
         root.addHandler(handler)
-        root.setLevel(logging.getLevelName(level.upper()))
+        root.setLevel((level or "info").upper())
     if not structlog.is_configured():
         structlog.configure(
             processors=[

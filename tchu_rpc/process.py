@@ -16,9 +16,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from tchu_rpc import health
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import configure, get_logger
+from tchu_rpc.health import Board
+from tchu_rpc.log import LogOptions, configure, get_logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.worker import Worker
 
@@ -60,15 +62,26 @@ def import_handlers(modules: list[str]) -> None:
 
 
 def _child_main(
-    modules: list[str], queue: str, settings: Settings, log_level: str, errors: Any, setup: ChildSetup | None
+    modules: list[str],
+    queue: str,
+    settings: Settings,
+    logs: LogOptions,
+    errors: Any,
+    setup: ChildSetup | None,
+    board: Board | None,
+    slot: int,
 ) -> None:
-    configure(log_level)
     threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
     try:
-        middleware = _set_up(setup)
+        try:
+            middleware = _set_up(setup)
+        finally:  # after a framework's set-up: its logging configuration (Django's LOGGING) comes first
+            configure(logs.level, json=logs.format == "json")
         import_handlers(modules)
-        # A ConfigError comes from start(), not later.
-        Worker(queue=queue, settings=settings, middleware=middleware).run()
+        worker = Worker(queue=queue, settings=settings, middleware=middleware)
+        if board is not None:
+            board.keep_reporting(slot, worker.probe)
+        worker.run()  # a ConfigError comes from its start(), not later
     except ConfigError as exc:
         logger.error("worker_start_refused", error=str(exc))
         errors.put(str(exc))  # the supervisor gives up with it after a few in a row
@@ -101,15 +114,18 @@ class Supervisor:
         queue: str,
         settings: Settings,
         processes: int,
-        log_level: str,
+        logs: LogOptions,
         *,
         setup: ChildSetup | None = None,
+        health_port: int | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError(f"concurrency must be at least 1, got {processes}")
         self._context = multiprocessing.get_context("spawn")
         self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
-        self._args = (modules, queue, settings, log_level, self._errors, setup)
+        self._board = None if health_port is None else Board(self._context, processes)
+        self._health_port = health_port
+        self._args = (modules, queue, settings, logs, self._errors, setup, self._board)
         self._config_failures = 0
         self._gave_up: str | None = None
         self._grace = settings.shutdown_grace
@@ -125,6 +141,9 @@ class Supervisor:
         """Run until SIGTERM or SIGINT; return the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request_stop)
+        if self._board is not None and self._health_port is not None:
+            server = health.serve(self._health_port, self._board.probe)
+            logger.info("health_serving", port=server.server_address[1])
         for slot in range(len(self._children)):
             self._spawn(slot)
         while not self._stopping:
@@ -137,8 +156,10 @@ class Supervisor:
         self._stopping = True
 
     def _spawn(self, slot: int) -> None:
+        if self._board is not None:
+            self._board.clear(slot)
         child = self._context.Process(
-            target=_child_main, args=self._args, name=f"tchu-worker-{slot}", daemon=False
+            target=_child_main, args=(*self._args, slot), name=f"tchu-worker-{slot}", daemon=False
         )
         child.start()
         self._children[slot] = child

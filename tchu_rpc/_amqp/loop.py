@@ -142,6 +142,10 @@ class Loop:
         if thread is None or not thread.is_alive():
             self._wakeup.close()
 
+    def stalled_for(self) -> float:
+        """Return how long the connection has gone without a turn (0 without one: waiting to reconnect)."""
+        return 0.0 if self.connection is None else max(0.0, time.monotonic() - self.looked_at)
+
     stopping = property(lambda self: self._stop.is_set(), doc="Tell whether `stop()` was called.")
 
     # -- the I/O thread -----------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import django
 from django.db import close_old_connections
 
 from tchu_rpc.delivery import Delivery
 from tchu_rpc.django.conf import settings_from_django
+from tchu_rpc.log import LogOptions, configure
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.process import Supervisor, import_handlers
 
@@ -34,9 +37,26 @@ def set_up_child() -> list[Middleware]:
     return [CloseOldConnections()]
 
 
-def run(queue: str, *, processes: int = 1, log_level: str = "info", modules: list[str] | None = None) -> int:
-    """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code."""
+def run(
+    queue: str,
+    *,
+    processes: int = 1,
+    log_level: str | None = None,
+    log_format: str = "console",
+    modules: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    health_port: int | None = None,
+) -> int:
+    """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code.
+
+    `log_level` None leaves tchu_rpc's level to Django's `LOGGING`; `overrides` are `Settings`
+    fields that win over Django's `TCHU_RPC` and the environment.
+    """
     modules = list(modules or ())
     import_handlers(modules)  # fail fast here, before spawning children
-    settings = settings_from_django()
-    return Supervisor(modules, queue, settings, processes, log_level, setup=set_up_child).run()
+    settings = settings_from_django(**(overrides or {}))
+    logs = LogOptions(log_level, log_format)
+    configure(log_level, json=log_format == "json")  # Django's LOGGING first: see `configure`
+    return Supervisor(
+        modules, queue, settings, processes, logs, setup=set_up_child, health_port=health_port
+    ).run()
