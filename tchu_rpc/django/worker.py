@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import django
@@ -34,7 +35,20 @@ class CloseOldConnections(Middleware):
 def set_up_child() -> list[Middleware]:
     """Set Django up in a worker process (which imports the subscribers); return its middleware."""
     django.setup()  # DJANGO_SETTINGS_MODULE and sys.path come from the parent
+    enable_loggers()
     return [CloseOldConnections()]
+
+
+def enable_loggers() -> None:
+    """Undo `disable_existing_loggers` for tchu_rpc's loggers.
+
+    A `LOGGING` without `"disable_existing_loggers": False` disables the loggers made before it is
+    applied. In `manage.py` that is none of ours (the app is imported after); in a worker process
+    tchu_rpc is imported first, and would otherwise fall silent.
+    """
+    for name, found in logging.root.manager.loggerDict.items():
+        if isinstance(found, logging.Logger) and (name == "tchu_rpc" or name.startswith("tchu_rpc.")):
+            found.disabled = False
 
 
 def run(

@@ -37,3 +37,22 @@ def test_the_command_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> N
     assert kwargs["overrides"] == {"call_concurrency": 3, "broker_url": "amqp://b//"}
     assert (kwargs["log_level"], kwargs["log_format"], kwargs["health_port"]) == ("debug", "json", 8099)
     assert (kwargs["processes"], kwargs["modules"]) == (1, [])
+
+
+def test_a_worker_process_undoes_disable_existing_loggers_for_tchu_rpc() -> None:
+    # Given loggers made before Django applied a LOGGING that disables existing loggers
+    import logging.config
+
+    ours, other = logging.getLogger("tchu_rpc.worker"), logging.getLogger("tchu_test.other")
+    known = logging.root.manager.loggerDict.values()
+    before = [(found, found.disabled) for found in known if isinstance(found, logging.Logger)]
+    try:
+        logging.config.dictConfig({"version": 1, "incremental": False})  # disable_existing_loggers: True
+        assert ours.disabled and other.disabled
+        # When a worker process has set Django up
+        worker.enable_loggers()
+        # Then tchu_rpc's loggers log again (and only they are touched)
+        assert not ours.disabled and other.disabled
+    finally:
+        for found, disabled in before:
+            found.disabled = disabled
