@@ -18,7 +18,7 @@ from typing import Any
 
 from amqp.exceptions import NotFound
 
-from tchu_rpc._dead.queue import _open, _translated
+from tchu_rpc._dead.queue import open_first, translated
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError, ConnectionLost
 from tchu_rpc.log import mask_url
@@ -63,8 +63,8 @@ def _roles(service: str) -> dict[str, str]:
 
 
 def _from_amqp(service: str, settings: Settings) -> list[QueueState]:
-    with _translated(f"cannot open {mask_url(settings.broker_url)}"):
-        conn, _ = _open(settings)
+    with translated(f"cannot open {mask_url(settings.broker_url)}"):
+        conn, _ = open_first(settings)
     try:
         return [_declared(conn, name, role) for name, role in _roles(service).items()]
     finally:
@@ -73,7 +73,7 @@ def _from_amqp(service: str, settings: Settings) -> list[QueueState]:
 
 def _declared(conn: Any, name: str, role: str) -> QueueState:
     # A passive declare of a missing queue closes its channel (404): each gets its own.
-    with _translated(f"cannot look up {name}"):
+    with translated(f"cannot look up {name}"):
         channel = conn.connection.channel()
         try:
             ok = channel.queue_declare(name, passive=True)
