@@ -121,7 +121,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import_handlers(args.modules)  # fail fast here, before spawning children
     logs = LogOptions(args.log_level or "info", args.log_format or "console")
     supervisor = Supervisor(
-        args.modules, args.queue, settings, args.concurrency, logs, health_port=args.health_port
+        args.modules,
+        args.queue,
+        settings,
+        args.concurrency,
+        logs,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
     )
     return supervisor.run()
 

@@ -46,6 +46,7 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         help="take over this tchu-tchu service queue (setup_celery_queue's); implies --accept-tchu-tchu",
     )
     add("--health-port", type=int, metavar="PORT", help="serve /livez and /readyz on this port")
+    add("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
 
 
 def settings_overrides(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ def _child_main(
     errors: Any,
     setup: ChildSetup | None,
     board: Board | None,
+    metrics: bool,
     slot: int,
 ) -> None:
     threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
@@ -78,6 +80,10 @@ def _child_main(
         finally:  # after a framework's set-up: its logging configuration (Django's LOGGING) comes first
             configure(logs.level, json=logs.format == "json")
         import_handlers(modules)
+        if metrics:  # the supervisor serves what every process records (`_serve_metrics`)
+            from tchu_rpc.contrib.prometheus import Metrics
+
+            middleware = [*(middleware or ()), Metrics().worker(queue)]
         worker = Worker(queue=queue, settings=settings, middleware=middleware)
         if board is not None:
             board.keep_reporting(slot, worker.probe)
@@ -118,6 +124,7 @@ class Supervisor:
         *,
         setup: ChildSetup | None = None,
         health_port: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError(f"concurrency must be at least 1, got {processes}")
@@ -125,7 +132,10 @@ class Supervisor:
         self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
         self._board = None if health_port is None else Board(self._context, processes)
         self._health_port = health_port
-        self._args = (modules, queue, settings, logs, self._errors, setup, self._board)
+        self._metrics_port = metrics_port
+        self._metrics_dir: str | None = None
+        metrics = metrics_port is not None
+        self._args = (modules, queue, settings, logs, self._errors, setup, self._board, metrics)
         self._config_failures = 0
         self._gave_up: str | None = None
         self._grace = settings.shutdown_grace
@@ -144,6 +154,8 @@ class Supervisor:
         if self._board is not None and self._health_port is not None:
             server = health.serve(self._health_port, self._board.probe)
             logger.info("health_serving", port=server.server_address[1])
+        if self._metrics_port is not None:
+            self._serve_metrics(self._metrics_port)
         for slot in range(len(self._children)):
             self._spawn(slot)
         while not self._stopping:
@@ -151,6 +163,15 @@ class Supervisor:
             wait(sentinels, timeout=0.1 if any(self._restart_at) else 0.5)
             self._reap()
         return self._shutdown()
+
+    def _serve_metrics(self, port: int) -> None:
+        from tchu_rpc.contrib.prometheus import serve_processes
+
+        # Children inherit it when spawned, before anything in them imports prometheus_client.
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tchu-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir = directory
+        serve_processes(port, directory)
+        logger.info("metrics_serving", port=port, directory=directory)
 
     def _request_stop(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -179,6 +200,10 @@ class Supervisor:
                 continue
             child.join()
             logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
+            if self._metrics_dir is not None and child.pid is not None:
+                from tchu_rpc.contrib.prometheus import process_died
+
+                process_died(child.pid, self._metrics_dir)
             if self._refused(child.exitcode):
                 return
             # Restart at once after a long life; back off while a child keeps dying young.

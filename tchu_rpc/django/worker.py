@@ -60,6 +60,7 @@ def run(
     modules: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     health_port: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Run `processes` worker processes serving `queue` until SIGTERM or SIGINT; return the exit code.
 
@@ -71,6 +72,5 @@ def run(
     settings = settings_from_django(**(overrides or {}))
     logs = LogOptions(log_level, log_format)
     configure(log_level, json=log_format == "json")  # Django's LOGGING first: see `configure`
-    return Supervisor(
-        modules, queue, settings, processes, logs, setup=set_up_child, health_port=health_port
-    ).run()
+    ports = {"health_port": health_port, "metrics_port": metrics_port}
+    return Supervisor(modules, queue, settings, processes, logs, setup=set_up_child, **ports).run()

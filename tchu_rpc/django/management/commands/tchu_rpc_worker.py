@@ -37,6 +37,7 @@ class Command(BaseCommand):
                 modules=options["modules"],
                 overrides=settings_overrides(options),
                 health_port=options["health_port"],
+                metrics_port=options["metrics_port"],
             )
         except TchuError as exc:
             raise CommandError(f"{type(exc).__name__}: {exc}") from exc
