@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -264,3 +265,25 @@ def test_demo_runs_in_memory_and_returns_0(capsys: pytest.CaptureFixture[str], _
     event_line = next(line for line in out.splitlines() if line.startswith("event "))
     assert event_line.endswith(": True")
     assert _isolated == ["warning"]
+
+
+def test_worker_passes_its_options_to_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tchu_rpc import process
+
+    made: list[tuple[Any, ...]] = []
+
+    class Recorded:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append((*args, kwargs))
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(process, "Supervisor", Recorded)
+    monkeypatch.setattr(process, "import_handlers", lambda modules: None)
+    argv = ["worker", "mod", "--queue", "q", "--health-port", "8080", "--metrics-port", "9100"]
+    assert cli.main([*argv, "--log-format", "json", "--log-level", "debug", "--call-threads", "3"]) == 0
+    ((modules, queue, settings, processes, logs, ports),) = made
+    assert (modules, queue, processes, settings.call_concurrency) == (["mod"], "q", 1, 3)
+    assert (logs.level, logs.format) == ("debug", "json")
+    assert ports == {"health_port": 8080, "metrics_port": 9100}
