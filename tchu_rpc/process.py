@@ -103,6 +103,15 @@ def _set_up(setup: ChildSetup | None) -> Sequence[Middleware] | None:
         raise ConfigError(f"worker set-up failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _metrics_module() -> Any:
+    try:
+        from tchu_rpc.contrib import prometheus
+    except ImportError as exc:
+        needed = "metrics need prometheus_client: pip install 'tchu-rpc[prometheus]'"
+        raise ConfigError(f"{needed} ({exc})") from exc
+    return prometheus
+
+
 def _stop_with_parent() -> None:
     # A supervisor killed with SIGKILL cannot stop its children; they stop themselves, gracefully.
     parent = multiprocessing.parent_process()
@@ -132,6 +141,8 @@ class Supervisor:
         self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
         self._board = None if health_port is None else Board(self._context, processes)
         self._health_port = health_port
+        if metrics_port is not None:
+            _metrics_module()  # refuse now, not in every child, when prometheus_client is missing
         self._metrics_port = metrics_port
         self._metrics_dir: str | None = None
         metrics = metrics_port is not None
@@ -165,12 +176,10 @@ class Supervisor:
         return self._shutdown()
 
     def _serve_metrics(self, port: int) -> None:
-        from tchu_rpc.contrib.prometheus import serve_processes
-
         # Children inherit it when spawned, before anything in them imports prometheus_client.
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tchu-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir = directory
-        serve_processes(port, directory)
+        _metrics_module().serve_processes(port, directory)
         logger.info("metrics_serving", port=port, directory=directory)
 
     def _request_stop(self, signum: int, frame: object) -> None:
@@ -201,9 +210,7 @@ class Supervisor:
             child.join()
             logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
             if self._metrics_dir is not None and child.pid is not None:
-                from tchu_rpc.contrib.prometheus import process_died
-
-                process_died(child.pid, self._metrics_dir)
+                _metrics_module().process_died(child.pid, self._metrics_dir)
             if self._refused(child.exitcode):
                 return
             # Restart at once after a long life; back off while a child keeps dying young.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -287,3 +288,17 @@ def test_worker_passes_its_options_to_the_supervisor(monkeypatch: pytest.MonkeyP
     assert (modules, queue, processes, settings.call_concurrency) == (["mod"], "q", 1, 3)
     assert (logs.level, logs.format) == ("debug", "json")
     assert ports == {"health_port": 8080, "metrics_port": 9100}
+
+
+def test_metrics_without_prometheus_client_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tchu_rpc.contrib
+    from tchu_rpc import process
+
+    monkeypatch.setattr(process, "import_handlers", lambda modules: None)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # not installed
+    monkeypatch.delattr(tchu_rpc.contrib, "prometheus", raising=False)
+    monkeypatch.delitem(sys.modules, "tchu_rpc.contrib.prometheus", raising=False)
+    assert cli.main(["worker", "mod", "--queue", "q", "--metrics-port", "9100"]) == 1
+    assert "metrics need prometheus_client: pip install 'tchu-rpc[prometheus]'" in capsys.readouterr().err
