@@ -7,13 +7,14 @@ for all of them: live unless one is stuck, ready once every one consumes.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
 
 #: Seconds without a turn of a worker's I/O thread (it turns at least once a second) before it is
 #: taken for stuck: heartbeats are not sent, deliveries not read.
@@ -75,38 +76,12 @@ class Board:
         return Probe(live, ready, "; ".join(reasons))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        probe = self.server.check()
-        path = self.path.split("?", 1)[0]
-        ok = {"/livez": probe.live, "/readyz": probe.ready}.get(path)
-        body = json.dumps(asdict(probe)).encode()
-        self.send_response(404 if ok is None else 200 if ok else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing: a probe every few seconds is not news (the base class writes to stderr)."""
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], check: Callable[[], Probe]) -> None:
-        super().__init__(address, _Handler)
-        self.check = check
-
-
 def serve(port: int, check: Callable[[], Probe], host: str = "") -> ThreadingHTTPServer:
     """Answer `GET /livez` and `GET /readyz` on `port` from `check()`, on a daemon thread.
 
     Returns the server: `server.server_address` has the port (when `port` is 0), and
     `server.shutdown()` stops it.
     """
-    server = _Server((host, port), check)
-    threading.Thread(target=server.serve_forever, name="tchu-health-http", daemon=True).start()
-    return server
+    from tchu_rpc._probe_http import serve_probes  # http.server only where probes are served
+
+    return serve_probes(port, check, host)
