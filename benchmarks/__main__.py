@@ -37,7 +37,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import kombu
-import structlog
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
@@ -118,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its report; return the exit code."""
     args = build_parser().parse_args(argv)
-    if not structlog.is_configured():
-        configure("warning")  # in-process workers and clients log at info otherwise
+    configure("warning")  # in-process workers and clients log at info otherwise
     problem = _resolve(args)
     if problem:
         print(f"python -m benchmarks: {problem}", file=sys.stderr)

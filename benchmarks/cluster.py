@@ -40,7 +40,6 @@ from types import ModuleType
 from typing import Protocol
 
 import kombu
-import structlog
 from kombu import Connection
 
 from benchmarks import cmdline
@@ -159,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not structlog.is_configured():
-        configure("warning")
+    configure("warning")
     nodes = _load_nodes()
     previous = signal.signal(signal.SIGTERM, cmdline.interrupt)  # finally blocks stop servers and nodes
     began = time.monotonic()

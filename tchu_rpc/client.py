@@ -20,7 +20,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Queue
 
-from tchu_rpc import log, topology, wire
+from tchu_rpc import topology, wire
 from tchu_rpc._amqp import passive
 from tchu_rpc._amqp.blocking import BlockWatch
 from tchu_rpc._amqp.caller_reads import LeadingLoop
@@ -45,9 +45,11 @@ from tchu_rpc.errors import (
     PublishFailed,
     TchuError,
 )
-from tchu_rpc.log import logger, mask_url
+from tchu_rpc.log import get_logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import validate_topic
+
+logger = get_logger(__name__)
 
 _TOPICS = 4096  # checked topics a client remembers
 _EXPIRY_MARGIN = 0.1  # at most this long before its caller's deadline, a request expires in its queue
@@ -292,7 +294,7 @@ class Client(ClientAPI):
         refused = pending.refused = pending.refused or Refused(0, now)
         pending.sent = False
         again = self._refusals.refused(message_id, refused, now, pending.deadline)
-        log.debug("publish_refused", topic=pending.topic, correlation_id=message_id, again=again)
+        logger.debug("publish_refused", topic=pending.topic, correlation_id=message_id, again=again)
         confirmed = self._publisher.last_acked if self._publisher is not None else 0
         if self._refusing is None or self._refusing[1] != confirmed:
             self._refusing = (now, confirmed)  # the first refusal since a publish was confirmed

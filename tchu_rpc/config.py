@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -178,6 +179,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from `TCHU_RPC_*` variables, then apply explicit overrides."""
         env = os.environ if environ is None else environ
+        _warn_unknown(env)
         values: dict[str, Any] = {}
         for field in fields(cls):
             raw = env.get(ENV_PREFIX + field.name.upper())
@@ -238,6 +240,28 @@ _TLS_FIELDS = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_verify", "tl
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Settings)}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+
+#: `TCHU_RPC_*` variables that are not settings: read by the compat client, the Django app, the tests.
+_OTHER_VARIABLES = frozenset(
+    {"TCHU_RPC_TCHU_TCHU_FORMAT", "TCHU_RPC_SUBSCRIBERS_MODULE", "TCHU_RPC_TEST_BROKER_URL"}
+)
+_KNOWN_VARIABLES = sorted(_OTHER_VARIABLES | {ENV_PREFIX + name.upper() for name in _DEFAULTS})
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """Warn about each `TCHU_RPC_*` variable that nothing reads (a typo), naming the nearest known one."""
+    unknown = [n for n in env if n.startswith(ENV_PREFIX) and n not in _KNOWN_VARIABLES]
+    if not unknown:
+        return
+    from tchu_rpc.log import get_logger
+
+    logger = get_logger(__name__)
+    suffixes = [known.removeprefix(ENV_PREFIX) for known in _KNOWN_VARIABLES]  # the prefix matches anyway
+    for name in sorted(unknown):
+        nearest = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1)
+        suggestion = ENV_PREFIX + nearest[0] if nearest else None
+        logger.warning("unknown_variable", variable=name, nearest=suggestion)
 
 
 def _queue_name(name: str) -> bool:

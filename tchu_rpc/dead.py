@@ -21,8 +21,10 @@ from tchu_rpc._dead.letters import HEADER_REPLAYED, DeadLetter, read, replay_cop
 from tchu_rpc._dead.queue import DeadQueue
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.topics import Kind, topic_matches, validate_pattern
+
+logger = get_logger(__name__)
 
 __all__ = [
     "HEADER_REPLAYED",

@@ -24,7 +24,9 @@ from typing import Any
 
 from tchu_rpc.delivery import Delivery
 from tchu_rpc.errors import ArgumentTypeError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 @dataclass(slots=True)

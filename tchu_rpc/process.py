@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +17,15 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from tchu_rpc import health
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import AccessRefused, ConfigError
-from tchu_rpc.log import configure, logger
+from tchu_rpc.health import Board
+from tchu_rpc.log import LogOptions, configure, get_logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.worker import Worker
+
+logger = get_logger(__name__)
 
 #: Run in each child before its handler modules are imported (a framework's set-up, such as
 #: `django.setup()`); returns the worker's middleware. A module-level function: it crosses to the
@@ -59,15 +64,31 @@ def import_handlers(modules: list[str]) -> None:
 
 
 def _child_main(
-    modules: list[str], queue: str, settings: Settings, log_level: str, errors: Any, setup: ChildSetup | None
+    modules: list[str],
+    queue: str,
+    settings: Settings,
+    logs: LogOptions,
+    errors: Any,
+    setup: ChildSetup | None,
+    board: Board | None,
+    metrics: bool,
+    slot: int,
 ) -> None:
-    configure(log_level)
     threading.Thread(target=_stop_with_parent, name="tchu-parent-watch", daemon=True).start()
     try:
-        middleware = _set_up(setup)
+        try:
+            middleware = _set_up(setup)
+        finally:  # after a framework's set-up: its logging configuration (Django's LOGGING) comes first
+            configure(logs.level, json=logs.format == "json")
         import_handlers(modules)
-        # A ConfigError comes from start(), not later.
-        Worker(queue=queue, settings=settings, middleware=middleware).run()
+        if metrics:  # the supervisor serves what every process records (`_serve_metrics`)
+            from tchu_rpc.contrib.prometheus import Metrics
+
+            middleware = [*(middleware or ()), Metrics().worker(queue)]
+        worker = Worker(queue=queue, settings=settings, middleware=middleware)
+        if board is not None:
+            board.keep_reporting(slot, worker.probe)
+        worker.run()  # a ConfigError comes from its start(), not later
     except (ConfigError, AccessRefused) as exc:
         logger.error("worker_start_refused", error=str(exc), error_type=type(exc).__name__)
         errors.put(str(exc))  # the supervisor gives up with it after a few in a row
@@ -81,6 +102,15 @@ def _set_up(setup: ChildSetup | None) -> Sequence[Middleware] | None:
         return setup()
     except Exception as exc:  # a misconfigured framework: a restart will not change it
         raise ConfigError(f"worker set-up failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _metrics_module() -> Any:
+    try:
+        from tchu_rpc.contrib import prometheus
+    except ImportError as exc:
+        needed = "metrics need prometheus_client: pip install 'tchu-rpc[prometheus]'"
+        raise ConfigError(f"{needed} ({exc})") from exc
+    return prometheus
 
 
 def _stop_with_parent() -> None:
@@ -100,15 +130,24 @@ class Supervisor:
         queue: str,
         settings: Settings,
         processes: int,
-        log_level: str,
+        logs: LogOptions,
         *,
         setup: ChildSetup | None = None,
+        health_port: int | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         if processes < 1:
             raise ConfigError(f"concurrency must be at least 1, got {processes}")
         self._context = multiprocessing.get_context("spawn")
         self._errors = self._context.SimpleQueue()  # why children could not start (`EXIT_CONFIG`)
-        self._args = (modules, queue, settings, log_level, self._errors, setup)
+        self._board = None if health_port is None else Board(self._context, processes)
+        self._health_port = health_port
+        if metrics_port is not None:
+            _metrics_module()  # refuse now, not in every child, when prometheus_client is missing
+        self._metrics_port = metrics_port
+        self._metrics_dir: str | None = None
+        metrics = metrics_port is not None
+        self._args = (modules, queue, settings, logs, self._errors, setup, self._board, metrics)
         self._config_failures = 0
         self._gave_up: str | None = None
         self._grace = settings.shutdown_grace
@@ -124,6 +163,11 @@ class Supervisor:
         """Run until SIGTERM or SIGINT; return the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._request_stop)
+        if self._board is not None and self._health_port is not None:
+            server = health.serve(self._health_port, self._board.probe)
+            logger.info("health_serving", port=server.server_address[1])
+        if self._metrics_port is not None:
+            self._serve_metrics(self._metrics_port)
         for slot in range(len(self._children)):
             self._spawn(slot)
         while not self._stopping:
@@ -132,12 +176,21 @@ class Supervisor:
             self._reap()
         return self._shutdown()
 
+    def _serve_metrics(self, port: int) -> None:
+        # Children inherit it when spawned, before anything in them imports prometheus_client.
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="tchu-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir = directory
+        _metrics_module().serve_processes(port, directory)
+        logger.info("metrics_serving", port=port, directory=directory)
+
     def _request_stop(self, signum: int, frame: object) -> None:
         self._stopping = True
 
     def _spawn(self, slot: int) -> None:
+        if self._board is not None:
+            self._board.clear(slot)
         child = self._context.Process(
-            target=_child_main, args=self._args, name=f"tchu-worker-{slot}", daemon=False
+            target=_child_main, args=(*self._args, slot), name=f"tchu-worker-{slot}", daemon=False
         )
         child.start()
         self._children[slot] = child
@@ -157,6 +210,8 @@ class Supervisor:
                 continue
             child.join()
             logger.warning("worker_process_died", slot=slot, pid=child.pid, exitcode=child.exitcode)
+            if self._metrics_dir is not None and child.pid is not None:
+                _metrics_module().process_died(child.pid, self._metrics_dir)
             if self._refused(child.exitcode):
                 return
             # Restart at once after a long life; back off while a child keeps dying young.

@@ -21,7 +21,9 @@ import hashlib
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:
     import redis

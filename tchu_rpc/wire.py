@@ -46,6 +46,8 @@ HEADER_RETRY_HANDLER: Final = "x-tchu-retry-handler"
 HEADER_ATTEMPT: Final = "x-tchu-attempt"
 #: On a retry copy, and its dead-letter copy after the last run: each earlier run's error, in order.
 HEADER_ATTEMPT_ERRORS: Final = "x-tchu-attempt-errors"
+#: On a call from `tchu-rpc ping`: the worker answers who it is instead of running the handler.
+HEADER_PING: Final = "x-tchu-ping"
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"

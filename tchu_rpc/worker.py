@@ -35,10 +35,13 @@ from tchu_rpc._worker.signals import wait_for_stop
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import AccessRefused, ConfigError, ConnectionLost, TchuError
-from tchu_rpc.log import logger, mask_url
+from tchu_rpc.health import STALL_LIMIT, Probe
+from tchu_rpc.log import get_logger, mask_url
 from tchu_rpc.middleware import Middleware, checked
 from tchu_rpc.registry import Kind, Registry, default_registry
 from tchu_rpc.reply_cache import RedisReplyCache, ReplyCache
+
+logger = get_logger(__name__)
 
 
 class Worker:
@@ -136,6 +139,17 @@ class Worker:
         if isinstance(error, ConfigError) or refused:  # a missing queue, one declared otherwise
             return ConfigError(f"worker {self.service!r} cannot start on {where}: {refused or error}")
         return ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}")
+
+    def probe(self, stall_limit: float = STALL_LIMIT) -> Probe:
+        """Tell whether the worker is live (its I/O thread turns) and ready (it consumes), for probes.
+
+        While it sets up on a new connection its I/O thread is busy declaring: live, not ready.
+        """
+        consuming = bool(self._consumers) and not self._cancelled and self._started.is_set()
+        stalled = self._loop.stalled_for()
+        if consuming and stalled > stall_limit:
+            return Probe(False, False, f"I/O thread stuck for {stalled:.1f} s")
+        return Probe(True, consuming, "" if consuming else "not consuming")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let in-flight messages finish and be acked, then close; idempotent.

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tchu_rpc._amqp.loop import Loop
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: After a caller led the connection (see `lead`), the I/O thread stays off the socket this
 #: long, so that back-to-back calls of one thread do not wake it for every reply.

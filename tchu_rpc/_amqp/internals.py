@@ -15,7 +15,9 @@ from typing import Any
 
 from amqp import spec
 
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: (what, attribute) pairs: the object a name lives on, and the name.
 CONNECTION = ("on_inbound_frame", "bytes_sent", "frame_max", "_transport")

@@ -28,7 +28,9 @@ from tchu_rpc._amqp.reading import VirtualPoll, drain, has_buffered
 from tchu_rpc._amqp.wakeup import WakeUp
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.log import logger, mask_url
+from tchu_rpc.log import get_logger, mask_url
+
+logger = get_logger(__name__)
 
 _IDLE_WAIT = 1.0
 
@@ -139,6 +141,10 @@ class Loop:
             thread.join(timeout)
         if thread is None or not thread.is_alive():
             self._wakeup.close()
+
+    def stalled_for(self) -> float:
+        """Return how long the connection has gone without a turn (0 without one: waiting to reconnect)."""
+        return 0.0 if self.connection is None else max(0.0, time.monotonic() - self.looked_at)
 
     stopping = property(lambda self: self._stop.is_set(), doc="Tell whether `stop()` was called.")
 

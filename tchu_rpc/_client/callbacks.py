@@ -16,7 +16,9 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class Callbacks:

@@ -12,9 +12,11 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from tchu_rpc import log
 from tchu_rpc._client.refusals import Refused
 from tchu_rpc.errors import CallTimeout, TchuError
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 _GRACE = 1.0  # extra wait beyond a deadline before a caller stops trusting the watchdog too
 _RECENT = 4096  # settled ids remembered, to tell a duplicate reply from a stray one
@@ -92,8 +94,8 @@ class Inflight:
         self._recent[message_id] = said if by is None else f"{said} from {by}"
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
-        if log.debugging():
-            log.debug(
+        if logger.enabled():
+            logger.debug(
                 "call_settled" if pending.kind == "call" else "publish_settled",
                 topic=pending.topic,
                 correlation_id=message_id,

@@ -26,7 +26,9 @@ from tchu_rpc import wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, remote_error
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 TASK: Final = "tchu_tchu.dispatch_event"
 _META: Final = "_tchu_meta"

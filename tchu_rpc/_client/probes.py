@@ -29,7 +29,9 @@ from tchu_rpc._amqp.connection import access_refused
 from tchu_rpc._amqp.publisher import OnConfirm, OnReturn, Publisher
 from tchu_rpc._client.inflight import Pending
 from tchu_rpc.errors import PublishFailed, TchuError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: Idle probe channels kept for the next unproven topics; more are closed.
 _KEEP: Final = 4

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from tchu_rpc import _pydantic, log, wire
+from tchu_rpc import _pydantic, wire
 from tchu_rpc._client.callbacks import Callbacks
 from tchu_rpc._client.inflight import Inflight, Pending
 from tchu_rpc.errors import (
@@ -20,7 +20,9 @@ from tchu_rpc.errors import (
     TchuError,
     remote_error,
 )
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 def on_reply(inflight: Inflight, callbacks: Callbacks, limit: int, message: Any) -> None:
@@ -61,7 +63,7 @@ def _progressed(
     deadline = min(time.monotonic() + pending.timeout, pending.latest)
     if deadline > pending.deadline:
         inflight.postpone(message_id, pending, deadline)
-    log.debug("call_progressed", topic=pending.topic, correlation_id=message_id)
+    logger.debug("call_progressed", topic=pending.topic, correlation_id=message_id)
     if pending.on_progress is not None:
         callbacks.run(pending.on_progress, info)  # never on the thread reading the connection
 
@@ -75,7 +77,7 @@ def _dropped(inflight: Inflight, correlation_id: str, message: Any) -> None:
     outcome = inflight.outcome_of(correlation_id)
     by = message.properties.get("app_id")
     if progress:  # a handler still reporting after its call settled: expected, not a fault
-        log.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
+        logger.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
     else:
         # Two answers to one call: its topic is bound by two services, or its request was redelivered.
         logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)

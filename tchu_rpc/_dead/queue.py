@@ -45,8 +45,8 @@ class DeadQueue:
     def __init__(self, service: str, settings: Settings) -> None:
         self.service = check_service(service)
         self.name = f"{service}.dead"
-        with _translated(f"cannot open {mask_url(settings.broker_url)}"):
-            self._conn, url = _open(settings)
+        with translated(f"cannot open {mask_url(settings.broker_url)}"):
+            self._conn, url = open_first(settings)
         self._where = mask_url(url)
         if not is_amqp(self._conn):
             self._conn.release()
@@ -54,7 +54,7 @@ class DeadQueue:
         self._returned: list[str] = []  # routing keys of copies the broker could not route
         self._kept = 0  # letters kept since the last commit
         try:
-            with _translated(f"cannot open a channel on {self._where}"):
+            with translated(f"cannot open a channel on {self._where}"):
                 self._channel = self._conn.connection.channel()
                 self._channel.auto_decode = False  # the body as it came: its copy must be the same bytes
                 self._channel.events["basic_return"].add(self._on_return)
@@ -93,12 +93,12 @@ class DeadQueue:
 
     def get(self) -> Any | None:
         """Get the next letter without taking it (None when no letter is ready): `move` or `keep` it."""
-        with _translated(f"cannot read {self.name}"):
+        with translated(f"cannot read {self.name}"):
             return self._channel.basic_get(self.name, no_ack=False)
 
     def keep(self, letter: Any) -> None:
         """Put `letter` at the end of the queue as it is (`_kept`), committed with the next."""
-        with _translated(f"cannot put a letter back in {self.name}", PublishFailed):
+        with translated(f"cannot put a letter back in {self.name}", PublishFailed):
             self._publish(letter.body, _kept(letter.properties), self.name)
             self._channel.basic_ack(letter.delivery_info["delivery_tag"])
             self._kept += 1
@@ -114,7 +114,7 @@ class DeadQueue:
         """
         queue = f"{self.service}.{LANES[kind]}"
         self._returned.clear()
-        with _translated(f"cannot move a letter from {self.name} to {queue}", PublishFailed):
+        with translated(f"cannot move a letter from {self.name} to {queue}", PublishFailed):
             self._publish(body, properties, queue)
             tag = letter.delivery_info["delivery_tag"]
             self._channel.basic_ack(tag)
@@ -129,7 +129,7 @@ class DeadQueue:
     def release(self) -> None:
         """Commit the letters kept since the last commit."""
         if self._kept:
-            with _translated(f"cannot put letters back in {self.name}", PublishFailed):
+            with translated(f"cannot put letters back in {self.name}", PublishFailed):
                 self._commit()
 
     def _publish(self, body: bytes, properties: dict[str, Any], queue: str) -> None:
@@ -142,13 +142,13 @@ class DeadQueue:
         self._kept = 0
 
     def _put_back(self, letter: Any) -> None:
-        with _translated(f"cannot put a returned letter back in {self.name}", PublishFailed):
+        with translated(f"cannot put a returned letter back in {self.name}", PublishFailed):
             self._publish(letter.body, _kept(letter.properties), self.name)
             self._commit()
 
     def _depth(self, queue: str) -> int | None:
         # A passive declare of a missing queue closes its channel (404): each gets its own.
-        with _translated(f"cannot look up {queue}"):
+        with translated(f"cannot look up {queue}"):
             channel = self._conn.connection.channel()
             try:
                 return int(channel.queue_declare(queue, passive=True).message_count)
@@ -174,7 +174,7 @@ def _kept(properties: dict[str, Any]) -> dict[str, Any]:
     return {**properties, "application_headers": encodable(carried(headers, trusted=True))}
 
 
-def _open(settings: Settings) -> tuple[Connection, str]:
+def open_first(settings: Settings) -> tuple[Connection, str]:
     """Return a connection to the first node of the failover list that takes one, and its URL.
 
     Each URL is tried once, in the order the I/O loop tries them (`failover_strategy`): one node
@@ -196,7 +196,7 @@ def _open(settings: Settings) -> tuple[Connection, str]:
 
 
 @contextmanager
-def _translated(what: str, refused: type[TchuError] = ConnectionLost) -> Iterator[None]:
+def translated(what: str, refused: type[TchuError] = ConnectionLost) -> Iterator[None]:
     """Turn py-amqp's and the socket's errors into ours: `refused` for a channel error."""
     try:
         yield

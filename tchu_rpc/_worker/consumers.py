@@ -23,8 +23,10 @@ from tchu_rpc._amqp.publisher import OnReturn, Publisher
 from tchu_rpc._worker import retries
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.registry import Kind, Registry
+
+logger = get_logger(__name__)
 
 #: Binds sent before one synchronous method confirms them: small enough that the broker answers
 #: well within the socket's read timeout even while it creates new durable bindings (~1 ms each).

@@ -6,6 +6,8 @@ to the worker's I/O thread, which publishes it and acks the delivery (`settling`
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,10 +21,12 @@ from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
 from tchu_rpc.delivery import Delivery
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge, ValidationError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.middleware import Middleware
 from tchu_rpc.registry import Handler, Kind, Registry
 from tchu_rpc.reply_cache import ReplyCache
+
+logger = get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -107,6 +111,9 @@ class Dispatcher:
             codec = wire.codec_of(message.content_type)
             wire.check_size(len(message.body), self.limit)
             handler = self._call_handler(delivery.topic)
+            if wire.HEADER_PING in delivery.headers and answerable:
+                body = wire.encode(codec, wire.Result(self._pong()), self.limit)
+                return Outcome(reply=body, content_type=codec.content_type)
             data = codec.decode(message.body, handler.data_type)
         except (DecodeError, MessageTooLarge) as exc:
             return _failure(codec, wire.error_info(exc), dead=True, answer=answerable)
@@ -244,6 +251,9 @@ class Dispatcher:
             info = wire.ErrorInfo(type_name, reason)
             return _failure(_codec_or_json(message), info, dead=True, answer=True)
         return Outcome(dead_reason=f"{type_name}: {reason}")
+
+    def _pong(self) -> dict[str, Any]:
+        return {"service": self.service, "host": socket.gethostname(), "pid": os.getpid()}
 
     def _call_handler(self, topic: str) -> Handler:
         handlers = self.registry.match(topic, "call")

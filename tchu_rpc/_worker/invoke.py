@@ -6,13 +6,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tchu_rpc import log, wire
 from tchu_rpc import propagation as context_module
+from tchu_rpc import wire
 from tchu_rpc.delivery import Delivery, _current, _reporter
 from tchu_rpc.errors import RpcError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.middleware import Middleware, report, run_after
 from tchu_rpc.registry import Handler
+
+logger = get_logger(__name__)
 
 
 def invoke(
@@ -43,8 +45,8 @@ def invoke(
             context_module.leave(context_token)
         _reporter.reset(report_token)
         _current.reset(token)
-        if log.debugging():
-            log.debug(
+        if logger.enabled():
+            logger.debug(
                 "handler_ran",
                 service=service,
                 handler=handler.name,

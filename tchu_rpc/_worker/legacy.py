@@ -50,7 +50,9 @@ from tchu_rpc import wire
 from tchu_rpc._worker.invoke import invoke
 from tchu_rpc._worker.messages import delivery_of, describe, topic_of
 from tchu_rpc.errors import DecodeError, EncodeError, MessageTooLarge
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 TASK: Final = "tchu_tchu.dispatch_event"
 _META: Final = "_tchu_meta"

@@ -5,11 +5,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from tchu_rpc import log, wire
+from tchu_rpc import wire
 from tchu_rpc._amqp.loop import Loop
 from tchu_rpc._worker import outgoing
 from tchu_rpc._worker.messages import describe
 from tchu_rpc._worker.settle import Job, Settler
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class ProgressSender:
@@ -35,4 +38,5 @@ class ProgressSender:
         if job.timed_out or job.generation != self._loop.generation or publisher is None:
             return  # answered already, or its reply address died with the old connection
         self._settler.progress(job, outgoing.answer(job.message, body, content_type, self._service))
-        log.debug("progress_sent", service=self._service, **describe(job.message))
+        if logger.enabled():
+            logger.debug("progress_sent", service=self._service, **describe(job.message))

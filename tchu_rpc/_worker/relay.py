@@ -28,7 +28,9 @@ from kombu import Connection
 from tchu_rpc._amqp.loop import Loop
 from tchu_rpc._amqp.publisher import OnReturn, Publisher
 from tchu_rpc.config import Settings
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: What to run once a reply is confirmed (True), refused (False) or dropped as undeliverable (True).
 OnDone = Callable[[bool], None]

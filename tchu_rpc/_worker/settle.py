@@ -21,7 +21,7 @@ from typing import Any
 
 from kombu import Connection
 
-from tchu_rpc import log, topology, wire
+from tchu_rpc import topology, wire
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc._amqp.reply_to import node_of, own_node
@@ -30,9 +30,11 @@ from tchu_rpc._worker.dispatch import EventOutcome, Outcome
 from tchu_rpc._worker.messages import delivery_of, describe
 from tchu_rpc._worker.relay import Relay
 from tchu_rpc.config import Settings
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.middleware import Middleware, run_after
 from tchu_rpc.registry import Kind
+
+logger = get_logger(__name__)
 
 
 @dataclass(slots=True, eq=False)
@@ -249,9 +251,9 @@ class Settler:
             self.done()
 
     def _settled(self, job: Job, event: str) -> None:
-        if not log.debugging():
+        if not logger.enabled():
             return
-        log.debug(
+        logger.debug(
             event,
             service=self.service,
             duration_ms=round((time.monotonic() - job.received) * 1000, 3),

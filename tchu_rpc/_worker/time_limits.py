@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from tchu_rpc.config import Settings
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class TimeLimits:

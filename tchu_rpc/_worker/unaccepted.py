@@ -18,7 +18,9 @@ import msgspec
 from tchu_rpc._worker import legacy
 from tchu_rpc._worker.messages import describe
 from tchu_rpc.errors import DecodeError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: The error type a refused tchu-tchu message is dead-lettered (and a call answered) with.
 NOT_ACCEPTED: Final = "TchuTchuNotAccepted"

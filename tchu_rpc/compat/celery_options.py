@@ -27,8 +27,10 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.retry import MAX_ATTEMPTS, Retry
+
+logger = get_logger(__name__)
 
 #: Options read into the `Retry`.
 _RETRY: Final = frozenset(

@@ -1,1 +1,1 @@
-"""Optional faces of tchu_rpc: each is imported only by whoever uses it."""
+"""Optional integrations, each behind an extra and imported only by those who use it."""

@@ -8,7 +8,9 @@ import importlib.util
 from django.apps import AppConfig, apps
 
 from tchu_rpc.django.conf import subscribers_module
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class TchuRpcConfig(AppConfig):

@@ -38,7 +38,9 @@ from django.utils import timezone
 from tchu_rpc.client import Client
 from tchu_rpc.django.models import OutboxEvent
 from tchu_rpc.errors import TchuError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 HEADER_ID: Final = "x-tchu-outbox-id"
 HEADER_ATTEMPT: Final = "x-tchu-outbox-attempt"

@@ -32,7 +32,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.duration import duration_iso_string
 
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 #: Parts of a field name that mark it sensitive: left out of payloads unless named in `include_fields`.
 SENSITIVE: Final = ("password", "token", "secret", "api_key")

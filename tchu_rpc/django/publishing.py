@@ -15,7 +15,9 @@ from tchu_rpc.compat.client import tchu_tchu_environ
 from tchu_rpc.django.conf import SETTINGS_NAME, outbox_default, settings_from_django
 from tchu_rpc.django.payload import model_payload, warn_sensitive
 from tchu_rpc.errors import ConfigError
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
+
+logger = get_logger(__name__)
 
 M = TypeVar("M", bound=type[models.Model])
 #: `condition(instance, event_type)`: publish only when it returns true.

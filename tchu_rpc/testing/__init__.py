@@ -9,12 +9,14 @@ with TestBroker() as broker:          # memory://; TestBroker("amqp://...") for 
 ```
 
 With pytest, the fixture `tchu_test_broker` (from the plugin `tchu_rpc.testing.plugin`, loaded
-when tchu_rpc is installed) yields one and cleans up. See docs/testing.md.
+when tchu_rpc is installed) yields one and cleans up. `capture_logs()` collects tchu_rpc's log
+events (dicts) while it is open, to assert on them. See docs/testing.md.
 """
 
+from tchu_rpc.log import capture_logs
 from tchu_rpc.testing.broker import TestBroker
 
 #: The name this project's own suite knows the `tchu` fixture's factory by.
 TchuFactory = TestBroker
 
-__all__ = ["TchuFactory", "TestBroker"]
+__all__ = ["TchuFactory", "TestBroker", "capture_logs"]

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 import pytest
 from kombu import Connection
 from nodes import Cluster, RabbitNode
-from structlog.testing import capture_logs
 
 from tchu_rpc import (
     ConnectionLost,
@@ -20,7 +19,7 @@ from tchu_rpc import (
     TchuError,
     current_delivery,
 )
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 EVENTS = 5_000
 PUBLISHERS = 4

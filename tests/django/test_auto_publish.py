@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from django.db import models
 from shop.models import Account, Login
-from structlog.testing import capture_logs
 from test_publishing import Received, received
 
 from tchu_rpc.django import auto_publish, model_payload
 from tchu_rpc.errors import ConfigError
+from tchu_rpc.testing import capture_logs
 
 __all__ = ["received"]  # the fixture, shared with test_publishing
 

@@ -12,9 +12,8 @@ import pytest
 from fault_support import WorkerProcesses
 from proxy import FaultProxy
 from rabbit_node import RabbitNode
-from structlog.testing import capture_logs
 
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 
 @dataclass(frozen=True)

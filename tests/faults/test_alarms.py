@@ -24,10 +24,9 @@ from typing import Any
 import pytest
 from fault_support import wait_for
 from rabbit_node import RabbitNode
-from structlog.testing import capture_logs
 
 from tchu_rpc import CallTimeout, Client, PublishFailed, Registry
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 ALARM_LIMIT = "10000GB"  # far above any disk's free space: the node raises its disk alarm
 NO_ALARM_LIMIT = "1MB"

@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fault_support import wait_for
 from proxy import FaultProxy
-from structlog.testing import capture_logs
 
 from tchu_rpc import Client, ConnectionLost, Registry, TchuError
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 HEARTBEAT = 1.0
 CALL_TIMEOUT = 30.0

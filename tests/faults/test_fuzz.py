@@ -20,10 +20,9 @@ import pytest
 from fault_support import get_all, queue_depth, wait_for
 from fuzz_messages import CALL_TOPIC, EVENT_TOPIC, ConfirmingPublisher, Fuzzed, Fuzzer
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import Registry, RpcError, Worker
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 COUNT = 10_000
 LIMIT = 1024  # max_message_bytes of the fuzzed worker

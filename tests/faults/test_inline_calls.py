@@ -22,10 +22,9 @@ from typing import Any
 import pytest
 from fault_support import wait_for
 from proxy import FaultProxy
-from structlog.testing import capture_logs
 
 from tchu_rpc import HandlerTimeLimit, Registry, RemoteError, TchuError, current_delivery
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 HANDLER_TIME_LIMIT = 2.0
 HEARTBEAT = 1.0

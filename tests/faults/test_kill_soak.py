@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 from fault_support import WorkerProcesses, run_lines
-from structlog.testing import capture_logs
 
 from tchu_rpc import Client
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 CALLS = 5000
 THREADS = 8

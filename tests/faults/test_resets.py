@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 from proxy import FaultProxy
-from structlog.testing import capture_logs
 
 from tchu_rpc import Client, ConnectionLost, Registry, TchuError
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 CALLS = 2000
 THREADS = 8

@@ -8,21 +8,17 @@ flag from its error.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from tchu_rpc import NoRoute, Registry, RemoteError
 from tchu_rpc.compat import TchuClient, registering_on, subscribe
 from tchu_rpc.dead import list_dead_letters
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 
 class Seen:
@@ -65,16 +61,8 @@ def service() -> Iterator[tuple[Registry, Seen]]:
     yield registry, seen
 
 
-@contextmanager
-def info_logs() -> Iterator[list[Any]]:
-    """Capture structlog events from INFO up (the suite's set-up keeps only warnings)."""
-    config = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    try:
-        with capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(**config)
+#: `capture_logs` collects every level (the suite's set-up keeps only warnings on screen).
+info_logs = capture_logs
 
 
 def _wait_dead(tchu: TchuFactory, service: str, count: int, within: float = 10.0) -> list[Any]:

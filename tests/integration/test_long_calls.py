@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import CallTimeout, HandlerTimeLimit, Registry, RemoteError, report_progress
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 STEP = 0.25  # simulated work between two progress reports, well below the calls' 1 s timeout
 

@@ -6,10 +6,9 @@ import threading
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from tchu_rpc import Delivery, Middleware, OutgoingMessage, Registry, RemoteError, current_delivery
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 WAIT = 10.0
 

@@ -6,10 +6,9 @@ import threading
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from tchu_rpc import ConfigError, Registry, Worker
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 WAIT = 10.0
 

@@ -20,11 +20,10 @@ from typing import Protocol
 
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import CallTimeout, Client, ConfigError, NoRoute, Registry, Worker
 from tchu_rpc.process import EXIT_CONFIG
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 HANDLERS = str(Path(__file__).with_name("process_handlers.py"))
 READY_WITHIN = 30.0  # seconds for the supervisor and every child to answer

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import CallTimeout, Client, ConnectionLost, PublishFailed
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 #: The timeout of a publish or call the broker keeps refusing: long enough for several refusals.
 REFUSED_FOR = 0.6

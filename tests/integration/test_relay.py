@@ -22,10 +22,9 @@ from typing import Any
 import amqp
 import pytest
 from kombu import Connection, Producer
-from structlog.testing import capture_logs
 
 from tchu_rpc import Registry, Worker
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 WAIT = 15.0
 PREFIX = "amq.rabbitmq.reply-to."

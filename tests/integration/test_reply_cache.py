@@ -13,10 +13,9 @@ import msgspec
 import pytest
 import redis
 from kombu import Connection, Consumer, Producer, Queue
-from structlog.testing import capture_logs
 
 from tchu_rpc import RedisReplyCache, Registry, ReplyCache, reply_cache, wire
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ITEM = b'{"item": 1}'

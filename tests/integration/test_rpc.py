@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 import pytest
 from kombu import Connection
-from structlog.testing import capture_logs
 
 from tchu_rpc import (
     CallTimeout,
@@ -22,7 +21,7 @@ from tchu_rpc import (
     current_delivery,
     wire,
 )
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 
 def users_registry() -> Registry:

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Consumer, Producer, Queue
-from structlog.testing import capture_logs
 
 from tchu_rpc import Registry, Settings
 from tchu_rpc._amqp.publisher import Publisher
 from tchu_rpc._worker.settle import Job, Settler
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 WAIT = 10.0
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 import pytest
 
+import tchu_rpc
 from tchu_rpc import cli
 
 
@@ -47,7 +50,7 @@ def test_worker_arguments_parse() -> None:
     assert args.reply_cache == "redis://cache:6379/0"
     assert args.call_threads is None
     assert args.event_threads is None
-    assert args.log_level == "info"
+    assert args.log_level is None  # main() takes info for a worker, warning for the other commands
 
 
 def test_worker_defaults_to_one_process() -> None:
@@ -106,13 +109,109 @@ def test_demo_arguments_parse() -> None:
     assert (args.command, args.broker) == ("demo", "amqp://rabbit//")
 
 
-def test_demo_defaults_to_the_memory_transport() -> None:
-    assert cli.build_parser().parse_args(["demo"]).broker == "memory://"
+def test_demo_defaults_to_the_memory_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    brokers: list[str] = []
+    monkeypatch.setattr(cli.demo, "run", lambda broker, **_: brokers.append(broker) or 0)
+    assert cli.main(["demo"]) == 0
+    assert brokers == ["memory://"]
 
 
 def test_global_log_level_parses_before_the_command() -> None:
     args = cli.build_parser().parse_args(["--log-level", "debug", "demo"])
     assert args.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "worker",
+            "m",
+            "--queue",
+            "q",
+            "--log-level",
+            "debug",
+            "--broker",
+            "amqp://b//",
+            "--log-format",
+            "json",
+        ],
+        [
+            "--log-level",
+            "debug",
+            "--broker",
+            "amqp://b//",
+            "--log-format",
+            "json",
+            "worker",
+            "m",
+            "--queue",
+            "q",
+        ],
+        [
+            "--log-level",
+            "debug",
+            "worker",
+            "m",
+            "--queue",
+            "q",
+            "--broker",
+            "amqp://b//",
+            "--log-format",
+            "json",
+        ],
+        [
+            "--broker",
+            "amqp://b//",
+            "worker",
+            "--log-format",
+            "json",
+            "m",
+            "--log-level",
+            "DEBUG",
+            "--queue",
+            "q",
+        ],
+    ],
+)
+def test_global_flags_are_accepted_before_and_after_the_command(argv: list[str]) -> None:
+    args = cli.build_parser().parse_args(argv)
+    assert (args.command, args.modules, args.queue) == ("worker", ["m"], "q")
+    assert (args.log_level, args.broker, args.log_format) == ("debug", "amqp://b//", "json")
+
+
+@pytest.mark.parametrize(
+    "command", [["call", "rpc.x", "{}"], ["ping", "rpc.x"], ["dead", "s"], ["inspect", "s"]]
+)
+def test_every_command_takes_the_global_flags_after_it(command: list[str]) -> None:
+    args = cli.build_parser().parse_args([*command, "--broker", "amqp://b//", "--log-level", "error"])
+    assert (args.broker, args.log_level) == ("amqp://b//", "error")
+
+
+def test_a_flag_given_before_the_command_is_kept_when_not_repeated_after_it() -> None:
+    args = cli.build_parser().parse_args(["--broker", "amqp://b//", "ping", "rpc.x", "--timeout", "1"])
+    assert (args.broker, args.timeout) == ("amqp://b//", 1.0)
+
+
+def test_an_unknown_log_level_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.build_parser().parse_args(["worker", "m", "--queue", "q", "--log-level", "loud"])
+    assert info.value.code == 2
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"tchu-rpc {tchu_rpc.__version__}\n"
+
+
+def test_main_configures_logging_at_the_level_given_after_the_command(
+    monkeypatch: pytest.MonkeyPatch, _isolated: list[str]
+) -> None:
+    monkeypatch.setattr(cli.demo, "run", lambda broker, **_: 0)
+    assert cli.main(["demo", "--log-level", "error"]) == 0
+    assert _isolated == ["error"]
 
 
 def test_worker_without_queue_exits_with_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,3 +266,39 @@ def test_demo_runs_in_memory_and_returns_0(capsys: pytest.CaptureFixture[str], _
     event_line = next(line for line in out.splitlines() if line.startswith("event "))
     assert event_line.endswith(": True")
     assert _isolated == ["warning"]
+
+
+def test_worker_passes_its_options_to_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tchu_rpc import process
+
+    made: list[tuple[Any, ...]] = []
+
+    class Recorded:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append((*args, kwargs))
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(process, "Supervisor", Recorded)
+    monkeypatch.setattr(process, "import_handlers", lambda modules: None)
+    argv = ["worker", "mod", "--queue", "q", "--health-port", "8080", "--metrics-port", "9100"]
+    assert cli.main([*argv, "--log-format", "json", "--log-level", "debug", "--call-threads", "3"]) == 0
+    ((modules, queue, settings, processes, logs, ports),) = made
+    assert (modules, queue, processes, settings.call_concurrency) == (["mod"], "q", 1, 3)
+    assert (logs.level, logs.format) == ("debug", "json")
+    assert ports == {"health_port": 8080, "metrics_port": 9100}
+
+
+def test_metrics_without_prometheus_client_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tchu_rpc.contrib
+    from tchu_rpc import process
+
+    monkeypatch.setattr(process, "import_handlers", lambda modules: None)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # not installed
+    monkeypatch.delattr(tchu_rpc.contrib, "prometheus", raising=False)
+    monkeypatch.delitem(sys.modules, "tchu_rpc.contrib.prometheus", raising=False)
+    assert cli.main(["worker", "mod", "--queue", "q", "--metrics-port", "9100"]) == 1
+    assert "metrics need prometheus_client: pip install 'tchu-rpc[prometheus]'" in capsys.readouterr().err

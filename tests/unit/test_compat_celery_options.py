@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from tchu_rpc import Registry, Retry
 from tchu_rpc.compat import TchuEvent, registering_on, subscribe
 from tchu_rpc.compat.celery_options import retry_from
 from tchu_rpc.errors import ArgumentTypeError, ConfigError
+from tchu_rpc.testing import capture_logs
 
 
 class Down(Exception):

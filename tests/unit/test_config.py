@@ -9,6 +9,7 @@ import pytest
 
 from tchu_rpc.config import DEFAULT_BROKER_URL, Settings
 from tchu_rpc.errors import ConfigError
+from tchu_rpc.testing import capture_logs
 
 
 def test_defaults() -> None:
@@ -51,6 +52,21 @@ def test_from_env_accepts_an_int_for_a_float_setting() -> None:
 def test_from_env_ignores_empty_and_unrelated_variables() -> None:
     env = {"TCHU_RPC_CALL_TIMEOUT": "", "CALL_TIMEOUT": "1", "TCHU_RPC_NO_SUCH_SETTING": "x"}
     assert Settings.from_env(env) == Settings()
+
+
+def test_from_env_warns_about_an_unknown_variable_naming_the_nearest_known_one() -> None:
+    env = {"TCHU_RPC_CALL_TIMOUT": "5", "TCHU_RPC_ZZZ": "1", "TCHU_RPC_TCHU_TCHU_FORMAT": "false"}
+    with capture_logs() as logs:
+        assert Settings.from_env(env) == Settings()
+    warned = [(e["variable"], e["nearest"]) for e in logs if e["event"] == "unknown_variable"]
+    assert warned == [("TCHU_RPC_CALL_TIMOUT", "TCHU_RPC_CALL_TIMEOUT"), ("TCHU_RPC_ZZZ", None)]
+    assert {e["log_level"] for e in logs} == {"warning"}
+
+
+def test_from_env_is_silent_about_known_variables() -> None:
+    with capture_logs() as logs:
+        Settings.from_env({"TCHU_RPC_CALL_TIMEOUT": "5", "TCHU_RPC_SUBSCRIBERS_MODULE": "handlers"})
+    assert logs == []
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from engine_support import WAIT, no_thread_left_behind  # noqa: F401
-from structlog.testing import capture_logs
 
 from tchu_rpc._client import inflight as inflight_module
 from tchu_rpc._client.arguments import checked_timeout
 from tchu_rpc._client.callbacks import Callbacks, CallFuture
 from tchu_rpc._client.inflight import Inflight, Pending, Watchdog, wait
 from tchu_rpc.errors import CallTimeout
+from tchu_rpc.testing import capture_logs
 
 pytestmark = pytest.mark.timeout(30)
 

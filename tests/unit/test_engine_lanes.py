@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from engine_support import WAIT, no_thread_left_behind  # noqa: F401
-from structlog.testing import capture_logs
 
 from tchu_rpc._worker.lanes import Lane
+from tchu_rpc.testing import capture_logs
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import amqp
-from structlog.testing import capture_logs
 
 from tchu_rpc._amqp import internals
+from tchu_rpc.testing import capture_logs
 
 ROOT = Path(__file__).resolve().parents[2]
 

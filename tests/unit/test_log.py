@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
-import structlog
 
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
-from tchu_rpc.log import debugging, mask_url
+from tchu_rpc.log import mask_url
 
 
 @pytest.mark.parametrize(
@@ -80,29 +76,3 @@ def test_client_repr_masks_the_settings_url() -> None:
     settings = Settings(broker_url="amqps://svc:hunter2-secret@rabbit:5671/vh")
     with Client(settings=settings) as client:
         assert "hunter2-secret" not in repr(client)
-
-
-@pytest.fixture
-def structlog_config() -> Iterator[None]:
-    saved = structlog.get_config()
-    yield
-    structlog.reset_defaults()
-    structlog.configure(**saved)
-
-
-@pytest.mark.parametrize(("level", "expected"), [(logging.DEBUG, True), (logging.INFO, False)])
-def test_debugging_follows_a_filtering_loggers_level(
-    structlog_config: None, level: int, expected: bool
-) -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
-    assert debugging() is expected
-
-
-def test_debugging_is_off_while_structlog_is_unconfigured(structlog_config: None) -> None:
-    structlog.reset_defaults()
-    assert debugging() is False
-
-
-def test_debugging_is_on_for_a_logger_without_a_level_of_its_own(structlog_config: None) -> None:
-    structlog.configure(wrapper_class=structlog.BoundLogger)  # filtering left to its logger
-    assert debugging() is True

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from kombu import Connection, Exchange, Producer, Queue
-from structlog.testing import capture_logs
 
 from tchu_rpc import topology
 from tchu_rpc._worker.consumers import SetupProgress, declare_service
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.registry import Registry
+from tchu_rpc.testing import capture_logs
 
 SETTINGS = Settings(events_exchange="ev_x", calls_exchange="rpc_x")
 
@@ -79,14 +77,9 @@ def never_stopping() -> bool:
 
 @pytest.fixture
 def info_logs() -> Iterator[list[Any]]:
-    """Capture logs down to info (the suite filters below warning)."""
-    previous = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    try:
-        with capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(wrapper_class=previous)
+    """Capture logs down to info."""
+    with capture_logs() as logs:
+        yield logs
 
 
 def test_bindings_are_sent_without_waiting_and_confirmed_by_one_synchronous_method_per_batch() -> None:

@@ -6,11 +6,11 @@ import pickle
 import weakref
 
 import pytest
-from structlog.testing import capture_logs
 
 from tchu_rpc import HandlerTimeLimit, RemoteError, Settings, wire
 from tchu_rpc._worker.time_limits import TimeLimits, check_consumer_timeout
 from tchu_rpc.errors import remote_error
+from tchu_rpc.testing import capture_logs
 
 
 def test_only_jobs_past_their_deadline_and_not_finished_expire() -> None:

@@ -10,27 +10,21 @@ from django.core.management.base import BaseCommand, CommandError
 
 from tchu_rpc.django import outbox, worker
 from tchu_rpc.errors import TchuError
+from tchu_rpc.options import add_global_options, add_worker_options, settings_overrides
 
 
 class Command(BaseCommand):
     help = "Serve the installed apps' subscribers as the service QUEUE, in supervised processes."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("--queue", required=True, help="the service's name (its queues: NAME.calls, ...)")
-        parser.add_argument("--concurrency", type=int, default=1, help="worker processes (default 1)")
-        parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
+        add_global_options(parser)  # the options of `tchu-rpc worker`, from one definition
+        add_worker_options(parser)
         parser.add_argument(
             "--module",
             action="append",
             default=[],
             dest="modules",
             help="another handler module (repeatable)",
-        )
-        parser.add_argument(
-            "--accept-tchu-tchu",
-            action="store_true",
-            default=None,
-            help="also serve tchu-tchu clients (their calls and events on the events exchange)",
         )
         parser.add_argument(
             "--outbox",
@@ -45,8 +39,11 @@ class Command(BaseCommand):
                 options["queue"],
                 processes=options["concurrency"],
                 log_level=options["log_level"],
+                log_format=options["log_format"] or "console",
                 modules=options["modules"],
-                accept_tchu_tchu=options["accept_tchu_tchu"],
+                overrides=settings_overrides(options),
+                health_port=options["health_port"],
+                metrics_port=options["metrics_port"],
             )
         except TchuError as exc:
             raise CommandError(f"{type(exc).__name__}: {exc}") from exc

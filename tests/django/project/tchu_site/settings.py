@@ -41,3 +41,19 @@ _ONE = os.environ.get("TCHU_TEST_DATABASE")
 DATABASES = (
     {"default": _BY_NAME[_ONE]} if _ONE else {"default": _SQLITE, "postgres": _POSTGRES, "mariadb": _MARIADB}
 )
+
+# With TCHU_TEST_LOG_FILE, Django's LOGGING sends tchu_rpc's records (debug and up) to that file.
+if os.environ.get("TCHU_TEST_LOG_FILE"):
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(levelname)s %(name)s %(message)s"}},
+        "handlers": {
+            "file": {
+                "class": "logging.FileHandler",
+                "filename": os.environ["TCHU_TEST_LOG_FILE"],
+                "formatter": "plain",
+            }
+        },
+        "loggers": {"tchu_rpc": {"handlers": ["file"], "level": "DEBUG"}},
+    }
