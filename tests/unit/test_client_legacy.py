@@ -127,6 +127,8 @@ def test_a_result_that_is_not_celerys_fails_the_call_with_decode_error() -> None
 def test_compat_default_client_sends_in_tchu_tchu_format_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Not a factory a Django test set up earlier in this process (`tchu_rpc.django`'s app sets one)
+    monkeypatch.setattr(compat_client, "_factory", None)
     previous = compat_client.set_default_client(None)
     try:
         monkeypatch.delenv("TCHU_RPC_TCHU_TCHU_FORMAT", raising=False)
