@@ -74,6 +74,14 @@ def _name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Tell whether calling `fn` returns a coroutine or an async generator, which no worker awaits."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 (an object whose __call__ is async)
+    return any(
+        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, call) if f is not None
+    )
+
+
 def _data_type(fn: Callable[..., Any]) -> Any:
     """Return the annotation of `fn`'s first parameter, or `Any` when there is none to use."""
     try:
@@ -178,8 +186,8 @@ class Registry:
 
         Raises:
             TopicError: the pattern is invalid.
-            RegistryError: `fn` is not callable, `kind` is unknown, `fn` is already registered so, or
-                `retry` is not a `Retry` or is given for a call handler.
+            RegistryError: `fn` is not callable or is an `async def`, `kind` is unknown, `fn` is
+                already registered so, or `retry` is not a `Retry` or is given for a call handler.
         """
         contract = None
         if isinstance(pattern, Topic):
@@ -187,6 +195,11 @@ class Registry:
         validate_pattern(pattern)
         if not callable(fn):
             raise RegistryError(f"handler for {pattern!r} must be callable, not {type(fn).__name__}")
+        if _is_async(fn):
+            raise RegistryError(
+                f"{_name(fn)} is an async def handler for {pattern!r}: the worker runs handlers on threads"
+                " and cannot await it yet; make it a plain def (it may run asyncio.run(...) inside)"
+            )
         if kind is None:
             kind = default_kind(pattern)
         elif kind not in _KINDS:

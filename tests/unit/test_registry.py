@@ -378,3 +378,34 @@ def test_module_subscribe_registers_on_the_default_registry(restored_default_reg
 
     assert subscribe("test.registry.default")(handler) is handler
     assert restored_default_registry.match("test.registry.default", "event")[-1].fn is handler
+
+
+class _AsyncCallable:
+    async def __call__(self, data: Any) -> Any:
+        return data
+
+
+async def _coroutine_handler(data: Any) -> Any:
+    return data
+
+
+async def _async_generator_handler(data: Any) -> Any:
+    yield data
+
+
+@pytest.mark.parametrize("fn", [_coroutine_handler, _async_generator_handler, _AsyncCallable()])
+def test_an_async_handler_is_refused_at_registration_naming_it(registry: Registry, fn: Any) -> None:
+    # Given an async def handler, which a worker's threads would call without awaiting
+    with pytest.raises(RegistryError, match=r"async def handler for 'rpc.users.get'.*plain def") as caught:
+        registry.add("rpc.users.get", fn)
+    # Then the error names it, and nothing was registered
+    assert getattr(fn, "__name__", type(fn).__name__) in str(caught.value)
+    assert registry.match("rpc.users.get", "call") == ()
+
+
+def test_subscribe_refuses_an_async_def_at_once(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="_handler"):
+
+        @registry.subscribe("user.created")
+        async def on_created_handler(data: Any) -> None:
+            return None
