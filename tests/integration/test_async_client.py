@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from structlog.testing import capture_logs
@@ -253,3 +255,49 @@ def test_async_publishes_of_parallel_tasks_are_all_confirmed(tchu: TchuFactory) 
             return await asyncio.gather(*(client.publish("audit.math", i) for i in range(2000)))
 
     assert run(main) == [None] * 2000
+
+
+GUIDE = Path(__file__).parents[2] / "docs" / "asyncio.md"
+_BLOCK = re.compile(r"<!-- guide-test: fastapi-app -->\n```python\n(.*?)```", re.S)
+
+
+def test_the_fastapi_app_of_the_docs_calls_and_publishes_through_its_lifespan_client(
+    tchu: TchuFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the docs' FastAPI app, run as written, on the test's exchanges (as TCHU_RPC_* variables)
+    for name, value in [
+        ("BROKER_URL", tchu.broker_url),
+        ("EVENTS_EXCHANGE", tchu.settings.events_exchange),
+        ("CALLS_EXCHANGE", tchu.settings.calls_exchange),
+    ]:
+        monkeypatch.setenv(f"TCHU_RPC_{name}", value)
+    found = _BLOCK.search(GUIDE.read_text())
+    assert found, "docs/asyncio.md lost its FastAPI block"
+    namespace: dict[str, Any] = {"__name__": "fastapi_app"}
+    exec(compile(found.group(1), str(GUIDE), "exec"), namespace)
+    app = namespace["app"]
+    created: list[Any] = []
+    registry = Registry()
+    registry.add("rpc.users.get", lambda data: {"id": data["id"], "name": "Ada"})
+    registry.add("user.created", created.append)
+    tchu.worker(registry, name="users")
+
+    async def main() -> tuple[list[Any], Any]:
+        # When requests come through an ASGI transport while the lifespan holds the client open
+        async with app.router.lifespan_context(app):
+            client = app.state.tchu
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                users = await asyncio.gather(*(http.get(f"/users/{i}") for i in range(50)))
+                published = await http.post("/users/7/created")
+        return [r.json() for r in users] + [published.json()], client
+
+    bodies, client = run(main)
+    # Then each request got its own answer, the event went out, and the lifespan closed the client
+    assert bodies[:-1] == [{"id": i, "name": "Ada"} for i in range(50)]
+    assert bodies[-1] == {"published": True}
+    assert client._client._closed
+    deadline = time.monotonic() + WAIT
+    while created != [{"id": 7}]:  # the event's delivery has no event to wait on but the list
+        assert time.monotonic() < deadline, created
+        time.sleep(0.01)
