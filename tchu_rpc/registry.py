@@ -7,6 +7,7 @@ of patterns registered.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import operator
@@ -50,6 +51,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _KINDS: frozenset[str] = frozenset(typing.get_args(Kind))
 #: Distinct (topic, kind) pairs remembered by `Registry.match` before its cache starts over.
 _CACHE_SIZE = 4096
+_ORIGINAL = "_tchu_rpc_async_def"  # on the plain function an `async def` handler runs as: the handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +76,31 @@ def _name(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    """Tell whether calling `fn` returns a coroutine or an async generator, which no worker awaits."""
+def _is_async_generator(fn: Callable[..., Any]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 (an object whose __call__ is one)
+    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call)
+
+
+def _is_coroutine(fn: Callable[..., Any]) -> bool:
     call = getattr(fn, "__call__", None)  # noqa: B004 (an object whose __call__ is async)
-    return any(
-        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (fn, call) if f is not None
-    )
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _awaited(fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    """Return a plain function that runs `fn(data)`'s coroutine to its end on an event loop of its own.
+
+    The worker calls it on a handler thread as it calls any handler, so an `async def` handler keeps
+    the delivery contract of a plain one (reply and ack together, time limits, progress, retries,
+    middleware). Each delivery gets a fresh loop (`asyncio.run`): nothing is shared between
+    deliveries or threads, and what the handler leaves running is cancelled when it returns.
+    """
+
+    @functools.wraps(fn)
+    def run(data: Any) -> Any:
+        return asyncio.run(fn(data))
+
+    setattr(run, _ORIGINAL, fn)
+    return run
 
 
 def _data_type(fn: Callable[..., Any]) -> Any:
@@ -182,11 +203,12 @@ class Registry:
 
         With a typed `Topic`, its name is the pattern, its kind the kind, and an unannotated
         handler's data is decoded into the topic's request type. `retry` runs a failing event
-        handler again later (see `Retry`); calls are never retried by the worker.
+        handler again later (see `Retry`); calls are never retried by the worker. An `async def`
+        handler runs on an event loop of its own on the handler thread, under the same contract.
 
         Raises:
             TopicError: the pattern is invalid.
-            RegistryError: `fn` is not callable or is an `async def`, `kind` is unknown, `fn` is
+            RegistryError: `fn` is not callable or is an async generator, `kind` is unknown, `fn` is
                 already registered so, or `retry` is not a `Retry` or is given for a call handler.
         """
         contract = None
@@ -195,10 +217,10 @@ class Registry:
         validate_pattern(pattern)
         if not callable(fn):
             raise RegistryError(f"handler for {pattern!r} must be callable, not {type(fn).__name__}")
-        if _is_async(fn):
+        if _is_async_generator(fn):
             raise RegistryError(
-                f"{_name(fn)} is an async def handler for {pattern!r}: the worker runs handlers on threads"
-                " and cannot await it yet; make it a plain def (it may run asyncio.run(...) inside)"
+                f"{_name(fn)} is an async generator for {pattern!r}: a handler returns one result;"
+                " make it an async def (or a plain def) that returns it"
             )
         if kind is None:
             kind = default_kind(pattern)
@@ -208,14 +230,15 @@ class Registry:
         if contract is not None and data_type is Any:
             data_type = contract.request
         check_retry(retry, kind, pattern)
-        handler = Handler(pattern, fn, kind, _name(fn), data_type, contract, retry=retry)
+        run = _awaited(fn) if _is_coroutine(fn) else fn
+        handler = Handler(pattern, run, kind, _name(fn), data_type, contract, retry=retry)
         with self._lock:
             state = self._state
             node = state.tries[kind]
             for word in words(pattern):
                 node = node.child(word)
             # The node holds exactly the handlers of this pattern and kind.
-            if any(h.fn == fn for _, h in node.handlers):
+            if any(getattr(h.fn, _ORIGINAL, h.fn) == fn for _, h in node.handlers):
                 raise RegistryError(
                     f"{handler.name} is already registered as the {kind} handler of {pattern!r}"
                 )
