@@ -51,12 +51,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _KINDS: frozenset[str] = frozenset(typing.get_args(Kind))
 #: Distinct (topic, kind) pairs remembered by `Registry.match` before its cache starts over.
 _CACHE_SIZE = 4096
-_ORIGINAL = "_tchu_rpc_async_def"  # on the plain function an `async def` handler runs as: the handler
+_ORIGINAL = "_tchu_rpc_async_def"  # names the `async def` on the plain function that awaits it
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A function registered for a topic pattern, as a call or an event handler."""
+    """A function registered for a topic pattern, as a call or an event handler.
+
+    `fn` is what the worker calls; for an `async def` handler, a plain function that awaits it (the
+    `async def` itself is `fn.__wrapped__`).
+    """
 
     pattern: str
     fn: Callable[..., Any]
