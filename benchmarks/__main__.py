@@ -45,6 +45,7 @@ from benchmarks.aio_pika_baseline import AioPikaContender
 from benchmarks.contenders import Contender, Plan, render
 from benchmarks.floor import FloorContender
 from benchmarks.runner import Results, run_scenarios
+from benchmarks.tchu_rpc_async_contender import TchuRpcAsyncContender
 from benchmarks.tchu_rpc_contender import TchuRpcContender, in_process
 from benchmarks.tchu_tchu_baseline import DEFAULT_BACKEND, TchuTchuContender
 from tchu_rpc.log import configure
@@ -63,6 +64,7 @@ FACTORIES: dict[str, Callable[[str, Path, argparse.Namespace], Contender]] = {
     "floor+conf": lambda run_id, log_dir, args: FloorContender(run_id, log_dir, confirm=True),
     "floor+tx": lambda run_id, log_dir, args: FloorContender(run_id, log_dir, tx=True),
     "tchu_rpc": lambda run_id, log_dir, args: TchuRpcContender(run_id, log_dir),
+    "tchu_rpc-async": lambda run_id, log_dir, args: TchuRpcAsyncContender(run_id, log_dir),
     "tchu-tchu": lambda run_id, log_dir, args: TchuTchuContender(
         run_id, log_dir, backend_url=args.tchu_backend, pool=args.tchu_pool, quiet_logs=args.tchu_quiet_logs
     ),

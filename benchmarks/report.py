@@ -217,12 +217,12 @@ def render_markdown(
     if events:
         parts += ["", "### Events: confirmed publish rate, publish -> handler delay", ""]
         parts += [
-            "| publishers | events | delivered | confirmed/s | p50 ms | p90 ms | p99 ms | max ms |",
-            "|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| how | publishers | events | delivered | confirmed/s | p50 ms | p90 ms | p99 ms | max ms |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         parts += [
-            f"| {e.publishers} | {e.events} | {e.delivered} | {e.published_per_s:.0f} | {e.p50:.2f} "
-            f"| {e.p90:.2f} | {e.p99:.2f} | {e.max:.2f} |"
+            f"| {e.mode} | {e.publishers} | {e.events} | {e.delivered} | {e.published_per_s:.0f} "
+            f"| {e.p50:.2f} | {e.p90:.2f} | {e.p99:.2f} | {e.max:.2f} |"
             for e in events
         ]
     if memory is not None and memory.points:

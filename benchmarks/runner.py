@@ -82,7 +82,7 @@ def run_scenarios(
     chosen = set(args.scenarios)
     progress = Progress(units(args, plan), enabled=None if enabled else False)
     results = Results()
-    subject = next((c for c in contenders if isinstance(c, TchuRpcContender)), None)
+    subject = next((c for c in contenders if type(c) is TchuRpcContender), None)  # not its async sibling
     needs_subject = sorted(chosen & {"events", "serializers", "memory", "topics"})
     if subject is None and needs_subject:
         print(f"notice: {', '.join(needs_subject)} skipped: they measure tchu_rpc alone", file=sys.stderr)

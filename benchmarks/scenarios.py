@@ -6,17 +6,18 @@ that the report renders and the JSON keeps.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.contenders import Cell, Contender, servers
 from benchmarks.progress import Progress
 from benchmarks.tchu_rpc_contender import CALL_TIMEOUT, TchuRpcContender, in_process
-from tchu_rpc import Client
+from tchu_rpc import AsyncClient, Client
 from tchu_rpc.config import Serializer
 
 PAYLOAD_SIZES = (100, 10_000, 1_000_000)
@@ -25,6 +26,7 @@ SERIALIZERS: tuple[Serializer, ...] = ("json", "msgpack")
 SERIALIZER_IN_FLIGHT = (1, 8)
 EVENT_PUBLISHERS = (1, 8)
 EVENT_TOPIC = "bench.event"
+_EVENT_BATCH = 500  # events whose confirms are awaited together (publish_many; AsyncClient's tasks)
 _EVENT_WAIT = 60.0  # seconds for the handler to see every event published
 
 
@@ -49,6 +51,7 @@ class EventRun:
     p90: float
     p99: float
     max: float
+    mode: str = "publish"  # or "publish_many" (pipelined confirms), "AsyncClient" (one event loop)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,48 @@ def run_events(
                 f"  events x {publishers} publishers: {run.published_per_s:.0f} confirmed/s, "
                 f"delivery p50 {run.p50:.2f} ms p99 {run.p99:.2f} ms"
             )
+        for mode, publish in (("publish_many", _publish_many), ("AsyncClient", _publish_from_a_loop)):
+            elapsed = publish(client, events)
+            delays = sorted(_take_delays(client, events))
+            out.append(replace(_event_run(1, events, elapsed, delays), mode=mode))
+            progress.advance(events)
+            run = out[-1]
+            progress.echo(
+                f"  events, {mode}: {run.published_per_s:.0f} confirmed/s, "
+                f"delivery p50 {run.p50:.2f} ms p99 {run.p99:.2f} ms"
+            )
     return out
+
+
+def _publish_many(client: Client, events: int) -> float:
+    """Publish `events` from one thread in batches whose confirms are pipelined; return the time taken."""
+    started = time.perf_counter()
+    for first in range(0, events, _EVENT_BATCH):
+        batch = (
+            (EVENT_TOPIC, {"ts": time.time(), "n": n})
+            for n in range(first, min(events, first + _EVENT_BATCH))
+        )
+        for future in client.publish_many(batch):
+            future.result(CALL_TIMEOUT)
+    return time.perf_counter() - started
+
+
+def _publish_from_a_loop(client: Client, events: int) -> float:
+    """Publish `events` from `_EVENT_BATCH` tasks of one event loop with an `AsyncClient`."""
+
+    async def publish_all() -> float:
+        async with AsyncClient(settings=client.settings) as aclient:
+            await aclient.call("rpc.bench.event_stats", {}, timeout=CALL_TIMEOUT)  # connects
+            started = time.perf_counter()
+
+            async def publisher(share: range) -> None:
+                for n in share:
+                    await aclient.publish(EVENT_TOPIC, {"ts": time.time(), "n": n})
+
+            await asyncio.gather(*(publisher(range(i, events, _EVENT_BATCH)) for i in range(_EVENT_BATCH)))
+            return time.perf_counter() - started
+
+    return asyncio.run(publish_all())
 
 
 def run_memory(

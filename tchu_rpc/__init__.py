@@ -2,6 +2,7 @@
 
 from importlib import metadata as _metadata
 
+from tchu_rpc.aio import AsyncClient
 from tchu_rpc.client import Client
 from tchu_rpc.config import Settings
 from tchu_rpc.contracts import Topic
@@ -41,6 +42,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
 __all__ = [
     "AccessRefused",
     "ArgumentTypeError",
+    "AsyncClient",
     "CallTimeout",
     "Client",
     "ConfigError",

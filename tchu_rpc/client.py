@@ -82,6 +82,7 @@ class Client(ClientAPI):
         self._codec = wire.codec_for("json" if self._tchu_tchu else self.settings.serializer)
         self._topics: set[str] = set()  # topics checked already
         self._closed = False
+        self._hand_over = False  # every send goes through the I/O thread (`AsyncClient`'s engine)
         self._fresh()
         forks.follow(self)
 
@@ -176,11 +177,19 @@ class Client(ClientAPI):
         pending.extra = extra
         if contract is not None:
             pending.envelope, pending.error_type = wire.envelope_for(contract.response), contract.error
+        pending.message_id = message_id
         self._inflight.add(message_id, pending)
         self._watchdog.watch(deadline)
         self._loop.start()
-        self._loop.run_or_submit(partial(self._send, message_id))
+        if self._hand_over:
+            self._loop.submit(partial(self._send, message_id))
+        else:
+            self._loop.run_or_submit(partial(self._send, message_id))
         return pending
+
+    def _cancel(self, pending: Pending) -> None:
+        """Drop `pending` unsettled: its caller gave up (a cancelled asyncio task)."""
+        self._inflight.cancel(pending.message_id)
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _connected(self, conn: Connection) -> None:

@@ -7,6 +7,7 @@ of patterns registered.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import operator
@@ -50,11 +51,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _KINDS: frozenset[str] = frozenset(typing.get_args(Kind))
 #: Distinct (topic, kind) pairs remembered by `Registry.match` before its cache starts over.
 _CACHE_SIZE = 4096
+_ORIGINAL = "_tchu_rpc_async_def"  # names the `async def` on the plain function that awaits it
 
 
 @dataclass(frozen=True, slots=True)
 class Handler:
-    """A function registered for a topic pattern, as a call or an event handler."""
+    """A function registered for a topic pattern, as a call or an event handler.
+
+    `fn` is what the worker calls; for an `async def` handler, a plain function that awaits it (the
+    `async def` itself is `fn.__wrapped__`).
+    """
 
     pattern: str
     fn: Callable[..., Any]
@@ -72,6 +78,33 @@ def _name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or type(fn).__module__
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{module}.{qualname}"
+
+
+def _is_async_generator(fn: Callable[..., Any]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 (an object whose __call__ is one)
+    return inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(call)
+
+
+def _is_coroutine(fn: Callable[..., Any]) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 (an object whose __call__ is async)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _awaited(fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    """Return a plain function that runs `fn(data)`'s coroutine to its end on an event loop of its own.
+
+    The worker calls it on a handler thread as it calls any handler, so an `async def` handler keeps
+    the delivery contract of a plain one (reply and ack together, time limits, progress, retries,
+    middleware). Each delivery gets a fresh loop (`asyncio.run`): nothing is shared between
+    deliveries or threads, and what the handler leaves running is cancelled when it returns.
+    """
+
+    @functools.wraps(fn)
+    def run(data: Any) -> Any:
+        return asyncio.run(fn(data))
+
+    setattr(run, _ORIGINAL, fn)
+    return run
 
 
 def _data_type(fn: Callable[..., Any]) -> Any:
@@ -174,12 +207,13 @@ class Registry:
 
         With a typed `Topic`, its name is the pattern, its kind the kind, and an unannotated
         handler's data is decoded into the topic's request type. `retry` runs a failing event
-        handler again later (see `Retry`); calls are never retried by the worker.
+        handler again later (see `Retry`); calls are never retried by the worker. An `async def`
+        handler runs on an event loop of its own on the handler thread, under the same contract.
 
         Raises:
             TopicError: the pattern is invalid.
-            RegistryError: `fn` is not callable, `kind` is unknown, `fn` is already registered so, or
-                `retry` is not a `Retry` or is given for a call handler.
+            RegistryError: `fn` is not callable or is an async generator, `kind` is unknown, `fn` is
+                already registered so, or `retry` is not a `Retry` or is given for a call handler.
         """
         contract = None
         if isinstance(pattern, Topic):
@@ -187,6 +221,11 @@ class Registry:
         validate_pattern(pattern)
         if not callable(fn):
             raise RegistryError(f"handler for {pattern!r} must be callable, not {type(fn).__name__}")
+        if _is_async_generator(fn):
+            raise RegistryError(
+                f"{_name(fn)} is an async generator for {pattern!r}: a handler returns one result;"
+                " make it an async def (or a plain def) that returns it"
+            )
         if kind is None:
             kind = default_kind(pattern)
         elif kind not in _KINDS:
@@ -195,14 +234,15 @@ class Registry:
         if contract is not None and data_type is Any:
             data_type = contract.request
         check_retry(retry, kind, pattern)
-        handler = Handler(pattern, fn, kind, _name(fn), data_type, contract, retry=retry)
+        run = _awaited(fn) if _is_coroutine(fn) else fn
+        handler = Handler(pattern, run, kind, _name(fn), data_type, contract, retry=retry)
         with self._lock:
             state = self._state
             node = state.tries[kind]
             for word in words(pattern):
                 node = node.child(word)
             # The node holds exactly the handlers of this pattern and kind.
-            if any(h.fn == fn for _, h in node.handlers):
+            if any(getattr(h.fn, _ORIGINAL, h.fn) == fn for _, h in node.handlers):
                 raise RegistryError(
                     f"{handler.name} is already registered as the {kind} handler of {pattern!r}"
                 )

@@ -5,7 +5,7 @@ topic's contract, headers and context, middleware."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from functools import partial
 from typing import Any, TypeVar, overload
@@ -27,7 +27,7 @@ Progress = Callable[[Any], None] | None
 
 
 class ClientAPI:
-    """`call`, `call_async` and `publish`; `Client` does the work (`_start_call`, `_publish`)."""
+    """`call`, `call_async`, `publish`, `publish_async` and `publish_many`; `Client` does the work."""
 
     @overload
     def call(
@@ -219,7 +219,78 @@ class ClientAPI:
         """
         self._wait(self._publish(topic, data, timeout, allow_call_topic, headers))
 
+    @overload
+    def publish_async(
+        self,
+        topic: Topic[Req, Any],
+        data: Req,
+        *,
+        timeout: float | None = None,
+        allow_call_topic: bool = False,
+        headers: Mapping[str, Any] | None = None,
+    ) -> futures.Future[None]: ...
+    @overload
+    def publish_async(
+        self,
+        topic: str,
+        data: Any,
+        *,
+        timeout: float | None = None,
+        allow_call_topic: bool = False,
+        headers: Mapping[str, Any] | None = None,
+    ) -> futures.Future[None]: ...
+    def publish_async(
+        self,
+        topic: str | Topic[Any, Any],
+        data: Any,
+        *,
+        timeout: float | None = None,
+        allow_call_topic: bool = False,
+        headers: Mapping[str, Any] | None = None,
+    ) -> futures.Future[None]:
+        """Broadcast an event (as `publish` does) and return a future of the broker's confirm.
+
+        Nothing waits for the confirm: many events go out back to back and their confirms come back
+        pipelined. The future is done once the broker confirmed the event (its result is None), or
+        fails with the error `publish` would raise (`ConnectionLost` after `timeout`,
+        `PublishFailed`). Across a reconnection, an event not yet confirmed is sent again (at least
+        once). Done-callbacks run on the client's callback thread (see `call_async`).
+        """
+        pending = self._publish(topic, data, timeout, allow_call_topic, headers)
+        self._resume()
+        return pending.future
+
+    def publish_many(
+        self,
+        events: Iterable[tuple[str | Topic[Any, Any], Any]],
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> list[futures.Future[None]]:
+        """Broadcast each `(topic, data)` of `events` as `publish_async` does; return their futures in order.
+
+        An event refused before it is sent (a bad topic, data that cannot be encoded, a middleware
+        that raises) does not stop the others: its future holds that error.
+        """
+        sent = [self._publish_or_fail(topic, data, timeout, headers) for topic, data in events]
+        self._resume()
+        return sent
+
     # -- the work common to calls and publishes ---------------------------------------------
+    def _publish_or_fail(
+        self,
+        topic: str | Topic[Any, Any],
+        data: Any,
+        timeout: float | None,
+        headers: Mapping[str, Any] | None,
+    ) -> futures.Future[None]:
+        try:
+            return self._publish(topic, data, timeout, False, headers).future
+        except Exception as exc:  # refused before sending: the caller learns it from this event's future
+            failed: futures.Future[None] = futures.Future()
+            failed.set_exception(exc)
+            return failed
+
     def _start_call(
         self,
         topic: str | Topic[Any, Any],
@@ -268,7 +339,7 @@ class ClientAPI:
         return message
 
     def _after_reply(self, message: OutgoingMessage, future: futures.Future[Any]) -> None:
-        outcome = future.exception() or future.result()
+        outcome = futures.CancelledError() if future.cancelled() else future.exception() or future.result()
         run_after("after_reply", self._middleware, message, outcome, topic=message.topic)
 
     # -- what `Client` provides ---------------------------------------------------------------

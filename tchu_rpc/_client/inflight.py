@@ -43,6 +43,7 @@ class Pending:
     extra: dict[str, Any] | None = None  # AMQP headers of the caller's `headers=` and context
     refused: Refused | None = None  # how often the broker refused it (`_client.refusals`)
     started: float = field(default_factory=time.perf_counter)
+    message_id: str = ""  # its key in `Inflight` (what `Inflight.cancel` drops)
 
 
 class Inflight:
@@ -109,6 +110,20 @@ class Inflight:
                 pending.future.set_result(outcome)
         except futures.InvalidStateError:
             pass  # the caller cancelled the future
+
+    def cancel(self, message_id: str) -> bool:
+        """Forget `message_id` unsettled (its caller gave up) and cancel its future; return whether it was.
+
+        Not sent yet, it is never sent; a reply or confirm that comes later is dropped quietly.
+        Any thread may cancel: the pop is atomic, so it and a `settle` never both take the entry.
+        """
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
+            return False
+        pending.settled = True
+        self._recent[message_id] = "cancelled"
+        pending.future.cancel()
+        return True
 
     def outcome_of(self, message_id: str) -> str:
         """Say how a recently settled call ended (`ok`, an error's name, or `unknown`)."""

@@ -78,6 +78,8 @@ def _dropped(inflight: Inflight, correlation_id: str, message: Any) -> None:
     by = message.properties.get("app_id")
     if progress:  # a handler still reporting after its call settled: expected, not a fault
         logger.debug("progress_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
+    elif outcome == "cancelled":  # its caller gave up waiting (a cancelled asyncio task): expected
+        logger.debug("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)
     else:
         # Two answers to one call: its topic is bound by two services, or its request was redelivered.
         logger.warning("reply_dropped", correlation_id=correlation_id, call_outcome=outcome, service=by)

@@ -6,6 +6,7 @@ child of the supervisor did the work.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -34,6 +35,17 @@ def slow(data: dict[str, Any]) -> dict[str, Any]:
     _write_atomically(Path(data["pidfile"]), str(os.getpid()))
     if not delivery.redelivered:
         time.sleep(data["seconds"])
+    return {"n": data["n"], "pid": os.getpid(), "redelivered": delivery.redelivered}
+
+
+@subscribe("rpc.proc.slow_async")
+async def slow_async(data: dict[str, Any]) -> dict[str, Any]:
+    """`slow` as an `async def`: awaits its sleep on the handler thread's event loop."""
+    delivery = current_delivery()
+    assert delivery is not None
+    _write_atomically(Path(data["pidfile"]), str(os.getpid()))
+    if not delivery.redelivered:
+        await asyncio.sleep(data["seconds"])
     return {"n": data["n"], "pid": os.getpid(), "redelivered": delivery.redelivered}
 
 

@@ -54,7 +54,12 @@ def test_harness_runs_the_floors_and_tchu_rpc_calls_and_events_on_the_broker(
         assert cell["calls_per_s"] > 0
         assert 0 < cell["p50"] <= cell["p99"] <= cell["max"]
         assert len(cell["quantiles"]) == 101
-    assert [e["publishers"] for e in report["events"]] == [1, 8]
+    assert [(e["mode"], e["publishers"]) for e in report["events"]] == [
+        ("publish", 1),
+        ("publish", 8),
+        ("publish_many", 1),
+        ("AsyncClient", 1),
+    ]
     for run in report["events"]:
         assert run["delivered"] == run["events"] == EVENTS
         assert run["published_per_s"] > 0

@@ -162,14 +162,15 @@ def test_1000_calls_in_a_row_are_each_answered_once_by_four_processes(
     assert not [e for e in logs if e["event"] == "reply_dropped"]
 
 
+@pytest.mark.parametrize("topic", ["rpc.proc.slow", "rpc.proc.slow_async"])  # a plain and an async def
 def test_call_survives_sigkill_of_the_child_running_it(
-    tchu: TchuFactory, start_worker: StartWorker, tmp_path: Path
+    tchu: TchuFactory, start_worker: StartWorker, tmp_path: Path, topic: str
 ) -> None:
     # Given two worker processes and a slow call running in one of them
     worker = start_worker(2)
     client = tchu.client()
     pidfile = tmp_path / "slow.pid"
-    future = client.call_async("rpc.proc.slow", {"n": 7, "pidfile": str(pidfile), "seconds": 60}, timeout=20)
+    future = client.call_async(topic, {"n": 7, "pidfile": str(pidfile), "seconds": 60}, timeout=20)
     busy = int(_wait_for_file(pidfile, worker))
     assert busy in worker.children and _parent_of(busy) == worker.pid
     # When that child is killed outright

@@ -7,7 +7,7 @@ from typing import Any, assert_type
 
 import msgspec
 
-from tchu_rpc import Client, Topic, subscribe
+from tchu_rpc import AsyncClient, Client, Topic, subscribe
 
 
 class GetUser(msgspec.Struct):
@@ -39,3 +39,12 @@ def use(client: Client) -> None:
     assert_type(client.call("rpc.users.get", {"id": 1}), Any)
     client.publish(user_created, User(id=1, name="Ada"))
     client.publish("users.created", {"id": 1})
+    assert_type(client.publish_async(user_created, User(id=1, name="Ada")), Future[None])
+    assert_type(client.publish_many([("users.created", {"id": 1})]), list[Future[None]])
+
+
+async def use_async(client: AsyncClient) -> None:
+    assert_type(await client.call(get_user, GetUser(id=1), timeout=5), User)
+    assert_type(await client.call("rpc.users.get", {"id": 1}, returns=User), User)
+    assert_type(await client.call("rpc.users.get", {"id": 1}), Any)
+    await client.publish(user_created, User(id=1, name="Ada"))

@@ -106,6 +106,21 @@ def test_settling_twice_resolves_the_future_once() -> None:
     assert inflight.outcome_of("call") == "CallTimeout"
 
 
+def test_cancel_forgets_the_call_and_a_late_settle_finds_nothing() -> None:
+    # Given a call in flight
+    inflight = Inflight()
+    future: futures.Future[Any] = futures.Future()
+    inflight.add("call", pending(10.0, future))
+    # When its caller gives up
+    assert inflight.cancel("call")
+    # Then nothing is pending, its future is cancelled, and its late reply settles nothing
+    assert len(inflight) == 0 and inflight.get("call") is None
+    assert future.cancelled()
+    inflight.settle("call", 1)
+    assert inflight.outcome_of("call") == "cancelled"
+    assert not inflight.cancel("call")  # twice: nothing to cancel
+
+
 def test_a_call_the_caller_cancelled_settles_quietly() -> None:
     inflight = Inflight()
     future: futures.Future[Any] = futures.Future()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import re
 import threading
+import typing
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -378,3 +381,50 @@ def test_module_subscribe_registers_on_the_default_registry(restored_default_reg
 
     assert subscribe("test.registry.default")(handler) is handler
     assert restored_default_registry.match("test.registry.default", "event")[-1].fn is handler
+
+
+class _AsyncCallable:
+    async def __call__(self, data: Any) -> Any:
+        return data
+
+
+async def _coroutine_handler(data: Any) -> Any:
+    """Answer with the data."""
+    await asyncio.sleep(0)
+    return data
+
+
+async def _async_generator_handler(data: Any) -> Any:
+    yield data
+
+
+@pytest.mark.parametrize("fn", [_coroutine_handler, _AsyncCallable()])
+def test_an_async_handler_runs_as_a_plain_function_that_awaits_it(registry: Registry, fn: Any) -> None:
+    # Given an async def handler (or an object whose __call__ is one)
+    handler = registry.add("rpc.users.get", fn)
+    # Then the worker's threads call it as any handler, and get what the coroutine returns
+    assert not inspect.iscoroutinefunction(handler.fn)
+    assert handler.fn({"id": 1}) == {"id": 1}
+    assert handler.name == registry_module._name(fn)
+
+
+def test_an_async_handler_keeps_its_name_docstring_and_annotations(registry: Registry) -> None:
+    async def on_user(data: User) -> str:
+        """Greet the user."""
+        return data.name
+
+    handler = registry.add("rpc.users.greet", on_user)
+    assert handler.data_type is User and handler.name.endswith("on_user")
+    assert handler.fn.__doc__ == "Greet the user." and typing.get_type_hints(handler.fn)["return"] is str
+
+
+def test_an_async_handler_registered_twice_is_refused(registry: Registry) -> None:
+    registry.add("rpc.users.get", _coroutine_handler)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add("rpc.users.get", _coroutine_handler)
+
+
+def test_an_async_generator_is_refused_at_registration_naming_it(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match=r"_async_generator_handler is an async generator for 'user.x'"):
+        registry.add("user.x", _async_generator_handler)
+    assert registry.match("user.x", "event") == ()
