@@ -20,8 +20,10 @@ from kombu import Connection, Producer
 
 from tchu_rpc import topology
 from tchu_rpc._worker import retries
-from tchu_rpc.log import logger
+from tchu_rpc.log import get_logger
 from tchu_rpc.registry import Registry
+
+logger = get_logger(__name__)
 
 #: How often the delay queues are looked at (memory:// has no consumer to wake a reader).
 _POLL = 0.005

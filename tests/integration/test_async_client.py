@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from structlog.testing import capture_logs
 
 from tchu_rpc import (
     AsyncClient,
@@ -31,7 +30,7 @@ from tchu_rpc import (
     TopicError,
     current_delivery,
 )
-from tchu_rpc.testing import TchuFactory
+from tchu_rpc.testing import TchuFactory, capture_logs
 
 pytestmark = pytest.mark.timeout(120)
 
