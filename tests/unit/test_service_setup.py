@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from amqp import exceptions as amqp_errors
 from kombu import Connection, Exchange, Producer, Queue
 
 from tchu_rpc import topology
+from tchu_rpc._worker import bindings
 from tchu_rpc._worker.consumers import SetupProgress, declare_service
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.errors import AccessRefused, ConfigError, ConnectionLost
 from tchu_rpc.registry import Registry
 from tchu_rpc.testing import capture_logs
 
@@ -275,3 +277,21 @@ def test_accepting_tchu_tchu_binds_a_topic_of_both_kinds_on_the_events_exchange_
     keys = {(b.exchange.name, b.routing_key) for b in calls.bindings}
     assert keys == {("rpc_x", "order.total"), ("rpc_x", "rpc.a"), ("ev_x", "rpc.a")}
     assert {(b.exchange.name, b.routing_key) for b in events.bindings} == {("ev_x", "order.total")}
+
+
+def test_a_refused_bind_is_named_with_its_queue_exchange_and_pattern_as_a_typed_error() -> None:
+    # Given the broker's refusals of one bind: a 404 and a 403
+    not_found = amqp_errors.NotFound("NOT_FOUND - no exchange 'ev_x' in vhost '/'", (50, 20))
+    denied = amqp_errors.AccessRefused("ACCESS_REFUSED - access to topic 'a.*' refused", (50, 20))
+
+    # When they are told as the worker's set-up tells them
+    config = bindings._refusal(not_found, "svc.events", "ev_x", "a.*", "ada")
+    access = bindings._refusal(denied, "svc.events", "ev_x", "a.*", "ada")
+
+    # Then each names the binding, and a 403 is `AccessRefused` with the operation and the user
+    what = "binding queue 'svc.events' to exchange 'ev_x' with pattern 'a.*'"
+    assert isinstance(config, ConfigError)
+    assert str(config) == f"the broker refused {what}: NOT_FOUND - no exchange 'ev_x' in vhost '/'"
+    assert isinstance(access, AccessRefused)
+    assert (access.operation, access.user) == ("Queue.bind", "ada")
+    assert what in str(access)
