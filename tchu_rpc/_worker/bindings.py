@@ -28,8 +28,8 @@ logger = get_logger(__name__)
 #: well within the socket's read timeout even while it creates new durable bindings (~1 ms each).
 _BIND_BATCH = 500
 #: Channels a queue's binds are spread over (each at least a batch): measured in the `topics`
-#: scenario, 2 to 4 per queue made 20,000 new bindings 2-3x faster than one channel (RESULTS.md).
-_CHANNELS_PER_QUEUE = 4
+#: scenario, 8 per queue made 20,000 new bindings about 2x faster than one channel (RESULTS.md).
+_CHANNELS_PER_QUEUE = 8
 #: A queue with this many bindings or more logs `bindings_declared` each time this many more are made.
 _LOG_EVERY = 2000
 
