@@ -279,6 +279,7 @@ def _topics_table(run: TopicsRun) -> str:
         ("worker start, new queues", "-", f"{run.first_start_s:.2f} s"),
         ("the broker alone: the same bindings pipelined on one channel", "-", f"{run.broker_bind_s:.2f} s"),
         ("worker start, bindings in place (restart)", "-", f"{run.restart_s:.2f} s"),
+        ("worker start, new queues, 10,000 call topics too", "-", f"{run.first_start_both_s:.2f} s"),
         ("uncached match p50", f"{run.match_p50_us_few:.2f} us", f"{run.match_p50_us_many:.2f} us"),
         (
             f"events delivered/s ({run.events} events, {run.publishers} publishers, median of rounds)",

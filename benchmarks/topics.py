@@ -4,7 +4,8 @@
 - start: `Worker.start()` in this process with those 10,010 patterns, on new queues (the broker
   creates every binding) and again on the same queues (a restart or reconnection: the bindings
   exist); beside it, the broker alone: the same bindings sent pipelined by py-amqp on one channel to
-  new queues, with no worker around them;
+  new queues, with no worker around them; then a first start with 10,000 call topics and 10,000
+  event patterns (issue 21, item 6);
 - matching: p50 of an uncached `Registry.match` among 10 and among 10,000 wildcard patterns;
 - events: confirmed events delivered per second to a `tchu-rpc worker` process with 10 patterns and
   with 10,000 (`benchmarks.topics_handlers`), the events going to a topic one pattern matches.
@@ -12,10 +13,14 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from kombu import Connection
 
@@ -44,6 +49,7 @@ class TopicsRun:
     first_start_s: float  # new queues: the broker creates every binding
     restart_s: float  # the same queues again: the bindings exist
     broker_bind_s: float  # the broker alone: the bindings pipelined on one channel, new queues
+    first_start_both_s: float  # new queues, 10,000 call topics and 10,000 event patterns
     match_p50_us_few: float
     match_p50_us_many: float
     events: int
@@ -70,9 +76,11 @@ def run_topics(contender: TchuRpcContender, broker_url: str, events: int, progre
     registration_s, registry = _register(MANY)
     first_start_s, restart_s = _start_twice(contender, broker_url, registry)
     broker_bind_s = _broker_binds(broker_url, contender.service, registry)
+    both_s = first_start_both(contender, broker_url)
     progress.echo(
         f"  topics: register {MANY} handlers {registration_s:.2f} s, start {first_start_s:.2f} s "
-        f"(broker alone {broker_bind_s:.2f} s), restart {restart_s:.2f} s"
+        f"(broker alone {broker_bind_s:.2f} s), restart {restart_s:.2f} s; "
+        f"{MANY} calls and {MANY} events: first start {both_s:.2f} s"
     )
     progress.stage("topics: matching")
     few_us, many_us = _match_p50_us(FEW), _match_p50_us(MANY)
@@ -89,6 +97,7 @@ def run_topics(contender: TchuRpcContender, broker_url: str, events: int, progre
         first_start_s=first_start_s,
         restart_s=restart_s,
         broker_bind_s=broker_bind_s,
+        first_start_both_s=both_s,
         match_p50_us_few=few_us,
         match_p50_us_many=many_us,
         events=events,
@@ -109,23 +118,31 @@ def _ignore(data: object) -> None:
     """Handle nothing: registration and start are measured, not handling."""
 
 
-def _register(count: int) -> tuple[float, Registry]:
+def _register(count: int, calls: int = CALL_PATTERNS) -> tuple[float, Registry]:
     began = time.perf_counter()
     registry = Registry()
     for i in range(count):
         registry.add(pattern(i), _ignore)
-    for i in range(CALL_PATTERNS):
+    for i in range(calls):
         registry.add(f"rpc.bench.topics{i}", _ignore)
     return time.perf_counter() - began, registry
 
 
-def _start_twice(contender: TchuRpcContender, broker_url: str, registry: Registry) -> tuple[float, float]:
+def first_start_both(contender: TchuRpcContender, broker_url: str) -> float:
+    """Return how long `Worker.start()` takes on new queues with 10,000 call topics and 10,000 events."""
+    _, registry = _register(MANY, calls=MANY)
+    return _start_twice(contender, broker_url, registry, starts=1)[0]
+
+
+def _start_twice(
+    contender: TchuRpcContender, broker_url: str, registry: Registry, starts: int = 2
+) -> list[float]:
     """Return how long `Worker.start()` takes on new queues, and again on the same queues."""
     service = f"{contender.service}.topics"
     settings = contender.settings_for(broker_url)
     took = []
     try:
-        for _ in range(2):
+        for _ in range(starts):
             worker = Worker(queue=service, registry=registry, settings=settings)
             began = time.perf_counter()
             worker.start(timeout=_START_TIMEOUT)
@@ -134,7 +151,7 @@ def _start_twice(contender: TchuRpcContender, broker_url: str, registry: Registr
     finally:
         queues = [f"{service}.{lane}" for lane in ("calls", "events", "dead")]
         _delete(broker_url, queues, [settings.calls_exchange, settings.events_exchange])
-    return took[0], took[1]
+    return took
 
 
 def _broker_binds(broker_url: str, service: str, registry: Registry) -> float:
@@ -265,3 +282,20 @@ def _delete(broker_url: str, queues: list[str], exchanges: list[str]) -> None:
             channel.queue_delete(queue)
         for exchange in exchanges:
             channel.exchange_delete(exchange)
+
+
+def main() -> None:
+    """Time first starts with 10,000 call topics and 10,000 event patterns (`python -m benchmarks.topics`)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.topics", description=main.__doc__)
+    parser.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--starts", type=int, default=3, help="first starts to time, each on new queues")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as logs:
+        for n in range(args.starts):
+            contender = TchuRpcContender(uuid.uuid4().hex[:10], Path(logs))
+            took = first_start_both(contender, args.broker)
+            print(f"first start {n + 1}: {MANY} call topics, {MANY} event patterns, new queues: {took:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

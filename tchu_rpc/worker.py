@@ -136,8 +136,10 @@ class Worker:
                 user=denied.user,
             )
         refused = refusal(error)
-        if isinstance(error, ConfigError) or refused:  # a missing queue, one declared otherwise
-            return ConfigError(f"worker {self.service!r} cannot start on {where}: {refused or error}")
+        if isinstance(error, ConfigError):  # it names what was refused (a missing queue, a binding)
+            return ConfigError(f"worker {self.service!r} cannot start on {where}: {error}")
+        if refused:  # a queue declared otherwise
+            return ConfigError(f"worker {self.service!r} cannot start on {where}: {refused}")
         return ConnectionLost(f"worker {self.service!r} cannot start on {where}: {error}")
 
     def probe(self, stall_limit: float = STALL_LIMIT) -> Probe:

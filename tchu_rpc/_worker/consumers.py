@@ -1,9 +1,7 @@
 """Set a service up on a new connection: declare its queues and bindings, then open its lanes.
 
-A worker may serve thousands of topics. Waiting for each `bind-ok` would cost a round trip per
-pattern on every connection (seconds for 10,000), so the binds are sent without waiting, in batches,
-each closed by one synchronous method; `SetupProgress` lets `Worker.start` wait as long as the
-broker keeps confirming them.
+A worker may serve thousands of topics: `bindings` makes them, pipelined on several channels, and
+`SetupProgress` lets `Worker.start` wait as long as the broker keeps confirming them.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from tchu_rpc import topology
 from tchu_rpc._amqp import passive
 from tchu_rpc._amqp.connection import is_amqp
 from tchu_rpc._amqp.publisher import OnReturn, Publisher
-from tchu_rpc._worker import retries
+from tchu_rpc._worker import bindings, retries
 from tchu_rpc.config import Settings
 from tchu_rpc.errors import ConnectionLost
 from tchu_rpc.log import get_logger
@@ -28,13 +26,8 @@ from tchu_rpc.registry import Kind, Registry
 
 logger = get_logger(__name__)
 
-#: Binds sent before one synchronous method confirms them: small enough that the broker answers
-#: well within the socket's read timeout even while it creates new durable bindings (~1 ms each).
-_BIND_BATCH = 500
 #: How many patterns of each kind the `worker_consuming` log names.
 _SAMPLE = 10
-#: A queue with this many bindings or more logs `bindings_declared` after every this many.
-_LOG_EVERY = 2000
 
 
 class SetupProgress:
@@ -112,10 +105,12 @@ def declare_service(
     progress.begin(sum(len(queue.bindings) for queue in bound))
     for queue in bound:
         if is_amqp(conn):
-            _declare_and_bind(channel, queue, service, progress, passive=queue in plan.legacy)
+            _declare(channel, queue, passive=queue in plan.legacy)
         else:  # kombu's virtual transport binds in memory, without round trips
             queue(channel).declare()
             progress.advance(len(queue.bindings))
+    if is_amqp(conn):  # every lane's binds at once, on channels of their own
+        bindings.bind(conn, bound, service, progress.advance)
     plan.dead(channel).declare()
     for delay_queue in plan.retries:  # after the event queue, where they dead-letter to
         delay_queue(channel).declare()
@@ -139,40 +134,14 @@ def log_consuming(service: str, registry: Registry, settings: Settings) -> None:
     )
 
 
-def _declare_and_bind(
-    channel: Any, queue: Queue, service: str, progress: SetupProgress, *, passive: bool = False
-) -> None:
-    """Declare `queue` (only check it exists with `passive`) and its exchanges, then bind its patterns.
-
-    The binds go without a round trip each.
-    """
+def _declare(channel: Any, queue: Queue, *, passive: bool = False) -> None:
+    """Declare `queue` (only check it exists with `passive`) and the exchanges it binds to."""
     for exchange in {b.exchange.name: b.exchange for b in queue.bindings}.values():
         exchange(channel).declare()  # before any bind: binding to a missing exchange fails
     if passive:  # a queue someone else declared: take it as it is (404 if it does not exist)
         channel.queue_declare(queue=queue.name, passive=True)
     else:
         queue(channel).queue_declare()
-    keys = [(b.exchange.name, b.routing_key) for b in topology.sorted_bindings(queue)]
-    began = time.perf_counter()
-    for start in range(0, len(keys), _BIND_BATCH):
-        batch = keys[start : start + _BIND_BATCH]
-        for exchange_name, pattern in batch:
-            channel.queue_bind(queue=queue.name, exchange=exchange_name, routing_key=pattern, nowait=True)
-        # RabbitMQ runs a channel's methods in order: this reply means every bind above was applied,
-        # and a bind it refused closed the channel, which this call raises.
-        channel.queue_declare(queue=queue.name, passive=True)
-        progress.advance(len(batch))
-        done = start + len(batch)
-        if len(keys) >= _LOG_EVERY and (done % _LOG_EVERY == 0 or done == len(keys)):
-            duration_ms = round((time.perf_counter() - began) * 1000, 3)
-            logger.info(
-                "bindings_declared",
-                service=service,
-                queue=queue.name,
-                declared=done,
-                total=len(keys),
-                duration_ms=duration_ms,
-            )
 
 
 def open_lane(

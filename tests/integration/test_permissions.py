@@ -435,3 +435,31 @@ def _depth(vhost: PrivateVhost, queue: str) -> int:
         if name == queue:
             return int(count)
     return -1
+
+
+def test_two_refused_bindings_among_thousands_fail_the_start_naming_the_first_in_order(
+    vhost: PrivateVhost,
+) -> None:
+    # Given 3,000 event patterns, bound on several channels at once, and a user whose topic
+    # permissions refuse two of them, on different channels in the same round of batches
+    patterns = sorted(f"big.t{i}.*" for i in range(3000))
+    first, second = patterns[1300], patterns[2800]
+    user, url = vhost.user("binder")
+    settings = _settings(url)
+    escaped = "|".join(p.replace(".", r"\.").replace("*", r"\*") for p in (first, second))
+    refuse = definitions.TopicPermission(settings.events_exchange, ".*", f"^(?!({escaped})$).*")
+    vhost.grant(user, definitions.Permission(".*", ".*", ".*", (refuse,)))
+    registry = Registry()
+    for pattern in patterns:
+        registry.add(pattern, print)
+    worker = Worker(queue="big", registry=registry, settings=settings)
+
+    # When the worker starts, then it fails at once (no hang) with the first refused pattern named
+    with pytest.raises(AccessRefused) as info:
+        worker.start(timeout=90)
+    message = str(info.value)
+    exchange = settings.events_exchange
+    assert f"binding queue 'big.events' to exchange {exchange!r} with pattern {first!r}" in message
+    assert second not in message
+    assert info.value.operation == "Queue.bind"
+    assert info.value.user == user

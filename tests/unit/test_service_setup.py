@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from amqp import exceptions as amqp_errors
 from kombu import Connection, Exchange, Producer, Queue
 
 from tchu_rpc import topology
+from tchu_rpc._worker import bindings
 from tchu_rpc._worker.consumers import SetupProgress, declare_service
 from tchu_rpc.config import Settings
-from tchu_rpc.errors import ConnectionLost
+from tchu_rpc.errors import AccessRefused, ConfigError, ConnectionLost
 from tchu_rpc.registry import Registry
 from tchu_rpc.testing import capture_logs
 
@@ -107,9 +109,13 @@ def test_bindings_are_sent_without_waiting_and_confirmed_by_one_synchronous_meth
     # And every pattern is bound without waiting for the broker's answer
     assert len(binds) == 1202
     assert all(bind["nowait"] for bind in binds)
-    # And one passive queue.declare closes every batch of 500 binds: the calls' 2, the events' 3 batches
+    # And one passive queue.declare closes every batch of up to 500 binds: the calls' 2 binds on one
+    # channel; the events' 1,200 on two channels of 600 each, in two rounds of a batch per channel
     barriers = [kw["queue"] for name, kw in channel.sent if name == "queue_declare" and kw.get("passive")]
-    assert barriers == ["svc.calls", "svc.events", "svc.events", "svc.events"]
+    assert barriers == ["svc.calls", "svc.events", "svc.events", "svc.events", "svc.events"]
+    # And both lanes' first batches are all sent before the first barrier: the broker makes them at once
+    first_barrier = next(i for i, (name, kw) in enumerate(channel.sent) if kw.get("passive"))
+    assert channel.names()[:first_barrier].count("queue_bind") == 2 + 500 + 500
     assert channel.names()[-1] == "close"
     assert progress.declared == progress.total == 1202
 
@@ -271,3 +277,21 @@ def test_accepting_tchu_tchu_binds_a_topic_of_both_kinds_on_the_events_exchange_
     keys = {(b.exchange.name, b.routing_key) for b in calls.bindings}
     assert keys == {("rpc_x", "order.total"), ("rpc_x", "rpc.a"), ("ev_x", "rpc.a")}
     assert {(b.exchange.name, b.routing_key) for b in events.bindings} == {("ev_x", "order.total")}
+
+
+def test_a_refused_bind_is_named_with_its_queue_exchange_and_pattern_as_a_typed_error() -> None:
+    # Given the broker's refusals of one bind: a 404 and a 403
+    not_found = amqp_errors.NotFound("NOT_FOUND - no exchange 'ev_x' in vhost '/'", (50, 20))
+    denied = amqp_errors.AccessRefused("ACCESS_REFUSED - access to topic 'a.*' refused", (50, 20))
+
+    # When they are told as the worker's set-up tells them
+    config = bindings._refusal(not_found, "svc.events", "ev_x", "a.*", "ada")
+    access = bindings._refusal(denied, "svc.events", "ev_x", "a.*", "ada")
+
+    # Then each names the binding, and a 403 is `AccessRefused` with the operation and the user
+    what = "binding queue 'svc.events' to exchange 'ev_x' with pattern 'a.*'"
+    assert isinstance(config, ConfigError)
+    assert str(config) == f"the broker refused {what}: NOT_FOUND - no exchange 'ev_x' in vhost '/'"
+    assert isinstance(access, AccessRefused)
+    assert (access.operation, access.user) == ("Queue.bind", "ada")
+    assert what in str(access)
