@@ -94,6 +94,8 @@ def _keys(queue: Queue) -> list[tuple[str, str]]:
 
 def _slices(keys: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     """Split `keys` into up to `_CHANNELS_PER_QUEUE` contiguous slices of at least a batch each."""
+    if not keys:  # a queue bound with nothing (the events queue when a legacy queue takes its patterns)
+        return []
     count = max(1, min(_CHANNELS_PER_QUEUE, len(keys) // _BIND_BATCH))
     size = -(-len(keys) // count)
     return [keys[start : start + size] for start in range(0, len(keys), size)]

@@ -295,3 +295,12 @@ def test_a_refused_bind_is_named_with_its_queue_exchange_and_pattern_as_a_typed_
     assert isinstance(access, AccessRefused)
     assert (access.operation, access.user) == ("Queue.bind", "ada")
     assert what in str(access)
+
+
+@pytest.mark.parametrize("count", [0, 1, 499, 500, 4_001, 20_000])
+def test_a_queues_bindings_are_split_into_contiguous_slices_whatever_their_number(count: int) -> None:
+    # A queue with no binding at all (the events queue when a legacy queue takes its patterns) too.
+    keys = [("tchu_events", f"t{i}") for i in range(count)]
+    slices = bindings._slices(keys)
+    assert [key for part in slices for key in part] == keys
+    assert len(slices) <= bindings._CHANNELS_PER_QUEUE
