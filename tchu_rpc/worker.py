@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -229,13 +229,15 @@ class Worker:
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
         if malformed is not None:  # see `properties`: its addresses cannot be trusted, no answer
-            self._finish(job, Outcome(dead_reason=f"DecodeError: {malformed}"))
+            self._settle_soon(partial(self._finish, job, Outcome(dead_reason=f"DecodeError: {malformed}")))
         elif untrusted:
-            self._finish(job, self._dispatcher.refuse(kind, message, "UntrustedCopy", untrusted))
+            refused = self._dispatcher.refuse(kind, message, "UntrustedCopy", untrusted)
+            self._settle_soon(partial(self._finish, job, refused))
         elif earlier >= self.settings.delivery_limit:
-            self._finish(job, self._dispatcher.exhausted(kind, message, earlier))
+            self._settle_soon(partial(self._finish, job, self._dispatcher.exhausted(kind, message, earlier)))
         elif classic and message.delivery_info.get("redelivered"):
-            self._settler.send_then_ack(job, [self._settler.counted_copy(job, earlier)])
+            counted = [self._settler.counted_copy(job, earlier)]
+            self._settle_soon(partial(self._settler.send_then_ack, job, counted))
         else:
             if kind == "call":
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
@@ -253,7 +255,20 @@ class Worker:
         self._settler.received()
         raw_body(message)
         outcome = self._dispatcher.refuse(kind, message, "DecodeError", f"{type(exc).__name__}: {exc}")
-        self._finish(Job(kind, generation, message), outcome)
+        self._settle_soon(partial(self._finish, Job(kind, generation, message), outcome))
+
+    def _settle_soon(self, settle: Callable[[], None]) -> None:
+        """Settle a delivery from its consumer callback: at once on the fast path, else after this read.
+
+        py-amqp's `basic_publish` reads the socket first (a zero-timeout `drain_events`, for a
+        `connection.blocked`), which delivers the next waiting message inside this one's callback:
+        a copy published there recursed once per message waiting (a RecursionError, and a worker that
+        could not reconnect after a restart left thousands redelivered). The fast path writes itself.
+        """
+        if self._loop.fast:
+            settle()
+        else:
+            self._loop.submit(settle)
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
