@@ -229,15 +229,17 @@ class Worker:
         earlier = previous_deliveries(message, classic=classic)
         malformed = (message.headers or {}).get(properties.MALFORMED)
         if malformed is not None:  # see `properties`: its addresses cannot be trusted, no answer
-            self._settle_soon(partial(self._finish, job, Outcome(dead_reason=f"DecodeError: {malformed}")))
+            malformed_outcome = Outcome(dead_reason=f"DecodeError: {malformed}")
+            self._settle_soon(job, partial(self._finish, job, malformed_outcome))
         elif untrusted:
             refused = self._dispatcher.refuse(kind, message, "UntrustedCopy", untrusted)
-            self._settle_soon(partial(self._finish, job, refused))
+            self._settle_soon(job, partial(self._finish, job, refused))
         elif earlier >= self.settings.delivery_limit:
-            self._settle_soon(partial(self._finish, job, self._dispatcher.exhausted(kind, message, earlier)))
+            exhausted = self._dispatcher.exhausted(kind, message, earlier)
+            self._settle_soon(job, partial(self._finish, job, exhausted))
         elif classic and message.delivery_info.get("redelivered"):
             counted = [self._settler.counted_copy(job, earlier)]
-            self._settle_soon(partial(self._settler.send_then_ack, job, counted))
+            self._settle_soon(job, partial(self._settler.send_then_ack, job, counted))
         else:
             if kind == "call":
                 # The clock starts on receipt: a call channel prefetches one call per handler thread, so
@@ -255,9 +257,10 @@ class Worker:
         self._settler.received()
         raw_body(message)
         outcome = self._dispatcher.refuse(kind, message, "DecodeError", f"{type(exc).__name__}: {exc}")
-        self._settle_soon(partial(self._finish, Job(kind, generation, message), outcome))
+        job = Job(kind, generation, message)
+        self._settle_soon(job, partial(self._finish, job, outcome))
 
-    def _settle_soon(self, settle: Callable[[], None]) -> None:
+    def _settle_soon(self, job: Job, settle: Callable[[], None]) -> None:
         """Settle a delivery from its consumer callback: at once on the fast path, else after this read.
 
         py-amqp's `basic_publish` reads the socket first (a zero-timeout `drain_events`, for a
@@ -267,8 +270,17 @@ class Worker:
         """
         if self._loop.fast:
             settle()
-        else:
-            self._loop.submit(settle)
+            return
+
+        def after_the_read() -> None:
+            # A command outlives its connection (`Loop.submit`): an old delivery tag must not be
+            # acked on a new channel, and the broker redelivers it anyway.
+            if job.generation != self._loop.generation or self._loop.connection is None:
+                self._settler.abandon(job)
+            else:
+                settle()
+
+        self._loop.submit(after_the_read)
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         if job.generation != self._loop.generation or self._loop.connection is None:
